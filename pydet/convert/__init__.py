@@ -1,0 +1,1 @@
+"""Weight conversion from other implementations' state dicts into pydet's layouts."""
