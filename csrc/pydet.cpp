@@ -17,6 +17,13 @@ TORCH_LIBRARY(pydet, m) {
       "Device? device=None) -> Tensor[]");
 
   // ---- non-maximum suppression (pydet/ops/nms.py) ----
+  // Greedy NMS, torchvision semantics; indices of kept boxes by decreasing score.
+  m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
+  m.def("batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");
+  // Per image of a batch, fixed-size outputs (boxes, scores, labels, num_detections); pre_nms_topk < 0: none.
+  m.def(
+      "multiclass_nms(Tensor boxes, Tensor scores, float score_threshold, float iou_threshold, int max_per_image, "
+      "bool class_agnostic, int pre_nms_topk) -> (Tensor, Tensor, Tensor, Tensor)");
 
   // ---- RoIAlign (pydet/ops/roi_align.py) ----
 
