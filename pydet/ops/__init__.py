@@ -9,6 +9,7 @@ from .boxes import box_area, box_iou, clip_boxes_to_image, decode_boxes, encode_
 from .fcos_targets import fcos_centerness, fcos_level_inputs, fcos_targets, fcos_targets_batched
 from .paste_masks import paste_masks
 from .nms import batched_nms, multiclass_nms, nms
+from .roi_align import multi_scale_roi_align, roi_align
 
 __all__ = [
     "box_area", "box_iou", "cell_anchors", "clip_boxes_to_image", "decode_boxes", "encode_boxes",
@@ -16,4 +17,5 @@ __all__ = [
     "fcos_centerness", "fcos_level_inputs", "fcos_targets", "fcos_targets_batched",
     "paste_masks",
     "batched_nms", "multiclass_nms", "nms",
+    "multi_scale_roi_align", "roi_align",
 ]
