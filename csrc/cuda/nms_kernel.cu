@@ -526,7 +526,9 @@ void multiclass_nms_cuda_typed(const at::Tensor& boxes, const at::Tensor& scores
     const auto key_dtype = sizeof(key_t) == 8 ? at::kLong : at::kInt;
     auto keys = at::empty({total}, scores.options().dtype(key_dtype));
     auto sorted_keys = at::empty_like(keys);
-    candidate_keys_kernel<<<cuda::blocks_for(total), cuda::kThreadsPerBlock, 0, stream>>>(
+    // The count is on the device: a grid for up to 2^18 candidates, striding over any more.
+    candidate_keys_kernel<<<cuda::blocks_for(std::min<int64_t>(total, 1 << 18)), cuda::kThreadsPerBlock, 0,
+                            stream>>>(
         scores.const_data_ptr<scalar_t>(), selected.const_data_ptr<int32_t>(), num_selected.const_data_ptr<int32_t>(),
         reinterpret_cast<key_t*>(keys.mutable_data_ptr()));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
