@@ -37,4 +37,5 @@ def build(name: str, **kwargs) -> nn.Module:
 
 
 # Each model module registers its factories on import.
+from .generalized_rcnn import faster_rcnn_resnet18_fpn, faster_rcnn_resnet50_fpn, mask_rcnn_resnet18_fpn, mask_rcnn_resnet50_fpn  # noqa: E402,F401
 __all__ = ["available", "build", "register"]
