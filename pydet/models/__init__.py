@@ -37,4 +37,5 @@ def build(name: str, **kwargs) -> nn.Module:
 
 
 # Each model module registers its factories on import.
+from .centermask2 import CenterMask2, centermask2  # noqa: E402
 __all__ = ["available", "build", "register"]
