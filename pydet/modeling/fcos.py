@@ -16,10 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
+from ..ops.fcos_targets import DEFAULT_SIZE_RANGES
 
 FPN_STRIDES = (8, 16, 32, 64, 128)
-# Largest (l, t, r, b) distance each level is responsible for; the ranges are inclusive at both ends.
-SIZES_OF_INTEREST = ((-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0), (512.0, math.inf))
 
 
 class Scale(nn.Module):
@@ -122,7 +121,7 @@ class FCOS(nn.Module):
     """
 
     def __init__(self, head: FCOSHead, *, strides: Sequence[int] = FPN_STRIDES,
-                 sizes_of_interest: Sequence[tuple[float, float]] = SIZES_OF_INTEREST,
+                 sizes_of_interest: Sequence[tuple[float, float]] = DEFAULT_SIZE_RANGES,
                  center_sampling_radius: float = 1.5, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
                  score_thresh: float = 0.05, nms_thresh: float = 0.6, pre_nms_top_n_train: int = 1000,
                  pre_nms_top_n_test: int = 1000, post_nms_top_n_train: int = 100, post_nms_top_n_test: int = 50):
@@ -160,28 +159,18 @@ class FCOS(nn.Module):
         return detections, losses
 
     def _points(self, feature_sizes: list[tuple[int, int]], like: Tensor):
-        """Every level's points concatenated, with each point's stride and size range."""
-        per_level = ops.grid_points(feature_sizes, self.strides, dtype=like.dtype, device=like.device)
-        level_sizes = [p.shape[0] for p in per_level]
-        counts = torch.tensor(level_sizes, device=like.device)
-        point_strides = torch.repeat_interleave(torch.tensor(self.strides, dtype=like.dtype, device=like.device),
-                                                counts)
-        size_ranges = torch.repeat_interleave(torch.tensor(self.sizes_of_interest, dtype=like.dtype,
-                                                           device=like.device), counts, dim=0)
-        return torch.cat(per_level), point_strides, size_ranges, level_sizes
+        """Every level's points concatenated, with each point's stride and size range, and the level sizes."""
+        points, point_strides, size_ranges = ops.fcos_level_inputs(feature_sizes, self.strides, self.sizes_of_interest,
+                                                                   dtype=like.dtype, device=like.device)
+        return points, point_strides, size_ranges, [h * w for h, w in feature_sizes]
 
     def losses(self, cls_logits: Tensor, box_regression: Tensor, centerness: Tensor, points: Tensor,
                point_strides: Tensor, size_ranges: Tensor, targets: list[dict]) -> dict[str, Tensor]:
-        labels, reg_targets = [], []
-        for target in targets:
-            image_labels, image_reg, _ = ops.fcos_targets(points, point_strides, size_ranges,
-                                                          target["boxes"].to(points.dtype), target["labels"],
-                                                          self.num_classes, self.center_sampling_radius)
-            labels.append(image_labels)
-            # Regression is learned in stride units so that every level sees targets of similar scale.
-            reg_targets.append(image_reg / point_strides[:, None])
-        labels = torch.stack(labels)
-        reg_targets = torch.stack(reg_targets)
+        labels, reg_targets, _ = ops.fcos_targets_batched(
+            points, point_strides, size_ranges, [t["boxes"].to(points.dtype) for t in targets],
+            [t["labels"] for t in targets], None, self.num_classes, self.center_sampling_radius)
+        # Regression is learned in stride units so that every level sees targets of similar scale.
+        reg_targets = reg_targets / point_strides[:, None]
 
         positive = labels != self.num_classes
         num_positive = positive.sum().clamp(min=1).to(cls_logits.dtype)

@@ -219,7 +219,7 @@ def test_loss_decreases_on_a_tiny_synthetic_set():
     images, targets = zip(*[_scene(0), _scene(1)])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.005, momentum=0.9)
     history = []
-    for _ in range(25):
+    for _ in range(20):
         losses = model(list(images), list(targets))
         total = sum(losses.values())
         history.append({k: v.item() for k, v in losses.items()})
