@@ -175,7 +175,8 @@ class FCOS(nn.Module):
         positive = labels != self.num_classes
         num_positive = positive.sum().clamp(min=1).to(cls_logits.dtype)
         class_targets = F.one_hot(labels, self.num_classes + 1)[..., : self.num_classes].to(cls_logits.dtype)
-        loss_cls = sigmoid_focal_loss(cls_logits, class_targets, self.focal_alpha, self.focal_gamma).sum() / num_positive
+        focal = sigmoid_focal_loss(cls_logits, class_targets, self.focal_alpha, self.focal_gamma)
+        loss_cls = focal.sum() / num_positive
 
         reg_targets = reg_targets[positive]
         centerness_targets = ops.fcos_centerness(reg_targets)
@@ -207,7 +208,8 @@ class FCOS(nn.Module):
         scores, point_index, classes = (torch.cat(t, dim=1) for t in (kept_scores, kept_points, kept_classes))
         image_index = torch.arange(num_images, device=scores.device)[:, None].expand_as(scores)
         valid = scores >= 0  # non-candidates ranked -1
-        scores, point_index, classes, image_index = scores[valid], point_index[valid], classes[valid], image_index[valid]
+        scores, point_index = scores[valid], point_index[valid]
+        classes, image_index = classes[valid], image_index[valid]
 
         distances = box_regression[image_index, point_index] * point_strides[point_index, None]
         xy = points[point_index]
@@ -215,8 +217,8 @@ class FCOS(nn.Module):
         sizes = torch.tensor(image_sizes, dtype=boxes.dtype, device=boxes.device)[image_index]  # (h, w)
         boxes = torch.min(boxes.clamp(min=0), sizes.flip(1).repeat(1, 2))
         non_empty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        boxes, scores, classes, image_index = boxes[non_empty], scores[non_empty].sqrt(), classes[non_empty], \
-            image_index[non_empty]
+        boxes, scores = boxes[non_empty], scores[non_empty].sqrt()
+        classes, image_index = classes[non_empty], image_index[non_empty]
 
         keep = ops.batched_nms(boxes, scores, image_index * num_classes + classes, self.nms_thresh)
         detections = []

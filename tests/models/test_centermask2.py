@@ -198,6 +198,32 @@ def test_fcos_postprocess_decodes_points_scores_and_classes():
     assert empty["boxes"].shape == (0, 4) and empty["labels"].dtype == torch.int64
 
 
+def test_fcos_losses_vanish_for_perfect_predictions_and_normalise_by_positives():
+    num_classes = 3
+    fcos = FCOS(FCOSHead(32, num_classes, num_convs=1)).train()
+    points, strides, size_ranges, _ = fcos._points([(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)], torch.zeros(1))
+    target = {"boxes": torch.tensor([[8.0, 8.0, 40.0, 48.0]]), "labels": torch.tensor([2])}
+    labels, reg, _ = ops.fcos_targets(points, strides, size_ranges, target["boxes"], target["labels"], num_classes)
+    positive = labels != num_classes
+    assert positive.sum() > 1
+    centerness_target = ops.fcos_centerness(reg[positive])
+    logits = torch.full((1, len(points), num_classes), -30.0)
+    logits[0, positive, 2] = 30.0
+    centerness = torch.zeros(1, len(points))
+    centerness[0, positive] = torch.logit(centerness_target)
+    losses = fcos.losses(logits, (reg / strides[:, None])[None], centerness, points, strides, size_ranges, [target])
+    assert losses["loss_fcos_cls"].item() < 1e-6 and losses["loss_fcos_loc"].item() < 1e-6
+    entropy = -(centerness_target * centerness_target.log() + (1 - centerness_target) * (1 - centerness_target).log())
+    torch.testing.assert_close(losses["loss_fcos_ctr"], entropy.sum() / positive.sum())
+
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    logits = torch.zeros(1, len(points), num_classes)
+    losses = fcos.losses(logits, torch.zeros(1, len(points), 4), centerness, points, strides, size_ranges, [empty])
+    # no positives: the focal loss is summed over all points and divided by 1
+    torch.testing.assert_close(losses["loss_fcos_cls"], sigmoid_focal_loss(logits, torch.zeros_like(logits)).sum())
+    assert losses["loss_fcos_loc"].item() == 0 and losses["loss_fcos_ctr"].item() == 0
+
+
 # ---- the model ----------------------------------------------------------------------------------
 
 def test_training_step_gives_finite_losses_and_backbone_gradients():
@@ -262,6 +288,20 @@ def test_eval_output_format_and_masks_pasted_with_pydet(monkeypatch):
         assert (out["boxes"][:, 0::2] >= 0).all() and (out["boxes"][:, 0::2] <= width + 1e-3).all()
         assert (out["boxes"][:, 1::2] >= 0).all() and (out["boxes"][:, 1::2] <= height + 1e-3).all()
         assert call == ((num, 28, 28), (height, width), None)
+
+
+def test_mask_score_is_detection_score_times_predicted_mask_iou():
+    model = _lite_model(box_score_thresh=0.0, box_detections_per_img=5).eval()
+    image = _scene(0)[0]
+    outputs = []
+    for predicted_iou in (1.0, 0.25):
+        nn.init.zeros_(model.maskiou_head.predictor.weight)
+        nn.init.constant_(model.maskiou_head.predictor.bias, predicted_iou)
+        with torch.no_grad():
+            outputs.append(model([image])[0])
+    torch.testing.assert_close(outputs[1]["boxes"], outputs[0]["boxes"])
+    torch.testing.assert_close(outputs[1]["scores"], 0.25 * outputs[0]["scores"])
+    assert (outputs[0]["scores"][:-1] >= outputs[0]["scores"][1:]).all()
 
 
 def test_zero_detections_give_well_formed_empty_outputs():
