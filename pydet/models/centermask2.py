@@ -107,23 +107,15 @@ class CenterMask2(nn.Module):
     def _sample_foreground(self, detections: list[dict], targets: list[dict]):
         """Per image, the proposals (detections and ground-truth boxes) sampled as foreground, with their
         matched ground-truth index."""
-        proposals, matches, sampling_labels = [], [], []
-        for det, target in zip(detections, targets):
-            image_proposals = torch.cat([det["boxes"], target["boxes"].to(det["boxes"].dtype)])
-            if target["boxes"].numel():
-                image_matches = self.matcher(ops.box_iou(target["boxes"].to(image_proposals.dtype), image_proposals))
-            else:
-                image_matches = torch.full((len(image_proposals),), -1, dtype=torch.int64,
-                                           device=image_proposals.device)
-            proposals.append(image_proposals)
-            matches.append(image_matches)
-            sampling_labels.append((image_matches >= 0).to(torch.int64))
-        positive, _ = self.sampler(sampling_labels)
         boxes, matched = [], []
-        for image_proposals, image_matches, image_positive in zip(proposals, matches, positive):
-            index = torch.nonzero(image_positive).squeeze(1)
-            boxes.append(image_proposals[index])
-            matched.append(image_matches[index])
+        for det, target in zip(detections, targets):
+            gt_boxes = target["boxes"].to(det["boxes"].dtype)
+            proposals = torch.cat([det["boxes"], gt_boxes])
+            matches = self.matcher(ops.box_iou(gt_boxes, proposals))  # all -1 without ground truth
+            positive, _ = self.sampler((matches >= 0).to(torch.int64))
+            index = torch.nonzero(positive).squeeze(1)
+            boxes.append(proposals[index])
+            matched.append(matches[index])
         return boxes, matched
 
     def _mask_losses(self, features: dict[str, Tensor], detections: list[dict], targets: list[dict],

@@ -242,8 +242,10 @@ def test_training_step_gives_finite_losses_and_backbone_gradients():
 
 def test_loss_decreases_on_a_tiny_synthetic_set():
     model = _lite_model().train()
+    # the trunk stays fixed to halve the step time (its gradients are checked above); FPN and heads learn
+    model.backbone.body.requires_grad_(False)
     images, targets = zip(*[_scene(0), _scene(1)])
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.005, momentum=0.9)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.005, momentum=0.9)
     history = []
     for _ in range(20):
         losses = model(list(images), list(targets))
