@@ -38,4 +38,5 @@ def build(name: str, **kwargs) -> nn.Module:
 
 # Each model module registers its factories on import.
 from .generalized_rcnn import faster_rcnn_resnet18_fpn, faster_rcnn_resnet50_fpn, mask_rcnn_resnet18_fpn, mask_rcnn_resnet50_fpn  # noqa: E402,F401
+from .centermask2 import CenterMask2, centermask2  # noqa: E402
 __all__ = ["available", "build", "register"]
