@@ -1,1 +1,2 @@
 """Weight conversion from other implementations' state dicts into pydet's layouts."""
+from .yolov7 import from_yolov7  # noqa: F401

@@ -37,4 +37,5 @@ def build(name: str, **kwargs) -> nn.Module:
 
 
 # Each model module registers its factories on import.
+from .yolov7 import yolov7, yolov7_tiny  # noqa: E402,F401  (registers yolov7, yolov7_tiny, yolov7_tiny_320)
 __all__ = ["available", "build", "register"]
