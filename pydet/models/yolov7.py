@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..modeling.yolo import IDetect, build_layer_graph, fuse_modules
+from ..modeling.transform import check_images_and_targets
 from ..modeling.yolo_loss import ComputeLoss, ComputeLossOTA
 from . import register
 
@@ -134,44 +135,18 @@ def letterbox(images: Sequence[Tensor], img_size: int, *, auto: bool = True, str
 
 
 def _check_inputs(images, targets, num_classes: int, training: bool) -> None:
-    if isinstance(images, Tensor) and images.dim() == 4:
-        images = list(images)
-    if not isinstance(images, (list, tuple)) or not images:
-        raise ValueError("images must be a non-empty list of [3, H, W] tensors")
-    device = images[0].device if isinstance(images[0], Tensor) else None
+    if training and targets is None:
+        raise ValueError("targets are required in training mode")
+    check_images_and_targets(images, targets)
     for i, img in enumerate(images):
-        if not isinstance(img, Tensor) or img.dim() != 3 or img.shape[0] != 3 or 0 in img.shape:
-            shape = tuple(img.shape) if isinstance(img, Tensor) else type(img).__name__
-            raise ValueError(f"images[{i}] must be a non-empty [3, H, W] tensor, got {shape}")
-        if not img.is_floating_point():
-            raise ValueError(f"images[{i}] must be a floating-point image in [0, 1], got {img.dtype}")
-        if img.device != device:
-            raise ValueError(f"images[{i}] is on {img.device} but images[0] on {device}")
-    if targets is None:
-        if training:
-            raise ValueError("targets are required in training mode")
-        return
-    if not isinstance(targets, (list, tuple)) or len(targets) != len(images):
-        raise ValueError(f"targets must be a list with one dict per image ({len(images)} images)")
-    for i, t in enumerate(targets):
-        if not isinstance(t, dict) or "boxes" not in t or "labels" not in t:
-            raise ValueError(f"targets[{i}] must be a dict with 'boxes' and 'labels'")
-        boxes, labels = t["boxes"], t["labels"]
-        if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[1] != 4 or not boxes.is_floating_point():
-            raise ValueError(f"targets[{i}]['boxes'] must be a floating-point [M, 4] xyxy tensor, got "
-                             f"{tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__}"
-                             f"{' ' + str(boxes.dtype) if isinstance(boxes, Tensor) else ''}")
-        if not isinstance(labels, Tensor) or labels.dtype != torch.int64 or labels.shape != boxes.shape[:1]:
-            raise ValueError(f"targets[{i}]['labels'] must be an int64 tensor of shape [{boxes.shape[0]}], got "
-                             f"{tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__}"
-                             f"{' ' + str(labels.dtype) if isinstance(labels, Tensor) else ''}")
-        if boxes.device != device or labels.device != device:
-            raise ValueError(f"targets[{i}] must be on the images' device {device}, got boxes on {boxes.device} "
-                             f"and labels on {labels.device}")
+        if 0 in img.shape:
+            raise ValueError(f"images[{i}] is empty: shape {tuple(img.shape)}")
+    for i, t in enumerate(targets or ()):
+        labels = t["labels"]
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
             raise ValueError(f"targets[{i}]['labels'] must be in [0, {num_classes - 1}], got values in "
                              f"[{int(labels.min())}, {int(labels.max())}]")
-        if not torch.isfinite(boxes).all():
+        if not torch.isfinite(t["boxes"]).all():
             raise ValueError(f"targets[{i}]['boxes'] must be finite")
 
 

@@ -472,9 +472,10 @@ def test_bad_inputs_give_clear_errors():
     cases = [
         ([image], None, "targets are required"),
         ([torch.rand(64, 64)], [good], r"images\[0\]"),
-        ([image.to(torch.uint8)], [good], "floating-point"),
+        ([image.to(torch.uint8)], [good], "floating point"),
+        ([torch.rand(3, 0, 64)], [good], "empty"),
         ([image], [good, good], "one dict per image"),
-        ([image], [{"boxes": boxes}], "'boxes' and 'labels'"),
+        ([image], [{"boxes": boxes}], r"\['labels'\]"),
         ([image], [{"boxes": boxes[:, :3], "labels": torch.tensor([1])}], r"\['boxes'\]"),
         ([image], [{"boxes": boxes.long(), "labels": torch.tensor([1])}], r"\['boxes'\]"),
         ([image], [{"boxes": boxes, "labels": torch.tensor([1], dtype=torch.int32)}], r"\['labels'\].*int64"),
