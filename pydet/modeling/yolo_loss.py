@@ -157,7 +157,11 @@ class ComputeLossOTA(ComputeLoss):
         return self.losses(predictions, matches)
 
     def _assign(self, predictions: list[Tensor], targets: Tensor, candidates) -> list[tuple[Tensor, Tensor]]:
-        """Per level ``(candidate_index, target_index)`` of the candidates SimOTA keeps."""
+        """Per level ``(candidate_index, target_index)`` of the candidates SimOTA keeps.
+
+        Targets are scaled to pixels by the batch width and height (the official code scales both coordinates
+        by the height, which is the same for its square training batches).
+        """
         boxes, log_scores, images, levels, positions = [], [], [], [], []
         for level, (p, (b, a, gj, gi, _)) in enumerate(zip(predictions, candidates)):
             stride = self.detect.strides[level]

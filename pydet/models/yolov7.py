@@ -121,17 +121,17 @@ def letterbox(images: Sequence[Tensor], img_size: int, *, auto: bool = True, str
         width = math.ceil(max(s[1] for s in resized_sizes) / stride) * stride
     else:
         height = width = img_size
+    paddings = [((width - w) // 2, (height - h) // 2) for h, w in resized_sizes]
     ref = images[0]
+    # Small host-to-device copies first, before this batch's image work is queued on the device.
+    scale_tensor = torch.tensor(scales, dtype=torch.float32, device=ref.device)
+    padding_tensor = torch.tensor(paddings, dtype=torch.float32, device=ref.device)
     batch = ref.new_full((len(images), 3, height, width), pad_value)
-    padding = []
-    for i, (img, (h, w)) in enumerate(zip(images, resized_sizes)):
+    for i, (img, (h, w), (left, top)) in enumerate(zip(images, resized_sizes, paddings)):
         if (h, w) != tuple(img.shape[-2:]):
             img = F.interpolate(img[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-        top, left = (height - h) // 2, (width - w) // 2
         batch[i, :, top:top + h, left:left + w] = img
-        padding.append((left, top))
-    return (batch, torch.tensor(scales, dtype=torch.float32, device=ref.device),
-            torch.tensor(padding, dtype=torch.float32, device=ref.device))
+    return batch, scale_tensor, padding_tensor
 
 
 def _check_inputs(images, targets, num_classes: int, training: bool) -> None:
