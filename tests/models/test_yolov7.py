@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import pydet.models as models
+from tests.conftest import requires_cuda
 from pydet.convert import from_yolov7
 from pydet.modeling.yolo_loss import ComputeLoss, ComputeLossOTA, bbox_ciou
 from pydet.models.yolov7 import EVAL_PRESET, PAD_VALUE, YOLOv7, letterbox
@@ -419,6 +420,26 @@ def test_loss_decreases_when_overfitting():
         optimizer.step()
         history.append(total.item())
     assert sum(history[-5:]) / 5 < 0.6 * sum(history[:3]) / 3
+
+
+@requires_cuda
+@pytest.mark.parametrize("loss", ["ota", "plain"])
+def test_cuda_matches_cpu(loss, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    torch.manual_seed(0)
+    cpu = YOLOv7("yolov7-tiny", num_classes=3, img_size=128, loss=loss).train()
+    gpu = copy.deepcopy(cpu).cuda()
+    images, targets = _scene(2)
+    gpu_images, gpu_targets = _scene(2, device="cuda")
+    expected, out = cpu(images, targets), gpu(gpu_images, gpu_targets)
+    for key in expected:
+        torch.testing.assert_close(out[key].cpu(), expected[key], rtol=1e-3, atol=1e-5)
+    cpu.eval(), gpu.eval()
+    batch = cpu.preprocess(images)[0]
+    with torch.no_grad():
+        expected, out = cpu.decode(cpu.model(batch)), gpu.decode(gpu.model(batch.cuda()))
+    for e, o in zip(expected, out):
+        torch.testing.assert_close(o.cpu(), e, rtol=1e-4, atol=1e-3)
 
 
 # ----------------------------------------------------------------------------------------- eval and API
