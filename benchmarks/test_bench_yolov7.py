@@ -35,8 +35,8 @@ def _pydet_postprocess(model, predictions):
     sizes = [(640, 640)] * predictions.shape[0]
     scales = predictions.new_ones(predictions.shape[0])
     padding = predictions.new_zeros(predictions.shape[0], 2)
-    scores = predictions[..., 5:] * predictions[..., 4:5]
-    return model.postprocess(_xyxy(predictions[..., :4]), scores, sizes, scales, padding)
+    return model.postprocess(_xyxy(predictions[..., :4]), predictions[..., 4], predictions[..., 5:], sizes,
+                             scales, padding)
 
 
 def _official_loop(batched_nms, predictions, conf, iou, multi_label, max_det=300, max_nms=30000):

@@ -236,27 +236,43 @@ class YOLOv7(nn.Module):
             self._grids[key] = ops.grid_points(sizes, [1] * len(sizes), offset=0.0, dtype=dtype, device=device)
         return self._grids[key]
 
-    def decode(self, predictions: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """Boxes ``[B, N, 4]`` xyxy in letterboxed pixels and scores ``objectness x class`` ``[B, N, C]``."""
+    def decode(self, predictions: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Boxes ``[B, N, 4]`` xyxy in letterboxed pixels, objectness ``[B, N]`` and class probabilities
+        ``[B, N, C]``; ``N`` runs over levels, then anchors, then cells row by row, as the official output."""
         sizes = [tuple(p.shape[2:4]) for p in predictions]
         grids = self._grid(sizes, predictions[0].device, predictions[0].dtype)
-        boxes, scores = [], []
+        boxes, confidences = [], []
         for p, grid, stride, anchors in zip(predictions, grids, STRIDES, self.detect.anchor_grid):
             b, a, h, w, o = p.shape
             y = p.sigmoid().view(b, a, h * w, o)
             xy = (y[..., :2] * 2 - 0.5 + grid) * stride
             wh = (y[..., 2:4] * 2) ** 2 * anchors.view(1, a, 1, 2).to(y.dtype)
             boxes.append(torch.cat((xy - wh / 2, xy + wh / 2), -1).view(b, -1, 4))
-            scores.append((y[..., 5:] * y[..., 4:5]).view(b, -1, o - 5))
-        return torch.cat(boxes, 1), torch.cat(scores, 1)
+            confidences.append(y[..., 4:].reshape(b, -1, o - 4))
+        confidences = torch.cat(confidences, 1)
+        return torch.cat(boxes, 1), confidences[..., 0], confidences[..., 1:]
 
-    def postprocess(self, boxes: Tensor, scores: Tensor, image_sizes: list[tuple[int, int]], scales: Tensor,
-                    padding: Tensor) -> list[dict[str, Tensor]]:
-        if not self.multi_label:
-            best, label = scores.max(-1, keepdim=True)
-            scores = torch.zeros_like(scores).scatter_(-1, label, best)
+    def postprocess(self, boxes: Tensor, objectness: Tensor, class_probs: Tensor,
+                    image_sizes: list[tuple[int, int]], scales: Tensor, padding: Tensor) -> list[dict[str, Tensor]]:
+        """Score ``objectness x class probability``, NMS, and map the kept boxes back to each input image."""
+        threshold = self.box_score_thresh
+        if boxes.device.type == "cpu":
+            # A score never exceeds its objectness. On the CPU, where reading a count back costs nothing, keep
+            # only boxes whose objectness passes (in their order, padded to the batch's largest count): the same
+            # detections from a fraction of the work. On accelerators everything stays batched and sync-free.
+            count = max(1, int((objectness > threshold).sum(1).max()))
+            if count < objectness.shape[1]:
+                keep = objectness.topk(count, dim=1).indices.sort(1).values
+                boxes = boxes.gather(1, keep[..., None].expand(-1, -1, 4))
+                class_probs = class_probs.gather(1, keep[..., None].expand(-1, -1, class_probs.shape[-1]))
+                objectness = objectness.gather(1, keep)
+        if self.multi_label:
+            scores = class_probs * objectness[..., None]
+        else:
+            best, label = class_probs.max(-1, keepdim=True)
+            scores = torch.zeros_like(class_probs).scatter_(-1, label, best * objectness[..., None])
         det_boxes, det_scores, det_labels, counts = ops.multiclass_nms(
-            boxes, scores, self.box_score_thresh, self.box_nms_thresh, self.box_detections_per_img,
+            boxes, scores, threshold, self.box_nms_thresh, self.box_detections_per_img,
             pre_nms_topk=self.pre_nms_topk)
         det_boxes = (det_boxes - padding.repeat(1, 2)[:, None].to(det_boxes.dtype)) / scales[:, None, None]
         limits = det_boxes.new_tensor([[w, h, w, h] for h, w in image_sizes])[:, None]
@@ -270,8 +286,9 @@ class YOLOv7(nn.Module):
             batch, _, _, yolo_targets = self.preprocess(images, targets)
             return self.compute_loss(self.model(batch), yolo_targets)
         batch, scales, padding, _ = self.preprocess(images)
-        boxes, scores = self.decode(self.model(batch))
-        return self.postprocess(boxes, scores, [tuple(img.shape[-2:]) for img in images], scales, padding)
+        boxes, objectness, class_probs = self.decode(self.model(batch))
+        return self.postprocess(boxes, objectness, class_probs, [tuple(img.shape[-2:]) for img in images],
+                                scales, padding)
 
 
 @register("yolov7")

@@ -71,9 +71,10 @@ def test_fuse_preserves_outputs(variant, size):
     for e, o in zip(expected, out):
         assert o.shape == e.shape and e.abs().max() > 1
         torch.testing.assert_close(o, e, rtol=0, atol=1e-4)
-    boxes, scores = model.decode(expected)
-    fused_boxes, fused_scores = fused.decode(out)
-    torch.testing.assert_close(fused_scores, scores, rtol=0, atol=1e-5)
+    boxes, objectness, class_probs = model.decode(expected)
+    fused_boxes, fused_objectness, fused_class_probs = fused.decode(out)
+    torch.testing.assert_close(fused_objectness, objectness, rtol=0, atol=1e-5)
+    torch.testing.assert_close(fused_class_probs, class_probs, rtol=0, atol=1e-5)
     torch.testing.assert_close(fused_boxes, boxes, rtol=1e-5, atol=1e-3)
 
 
@@ -213,7 +214,7 @@ def test_boxes_mapped_back_to_input_coordinates():
     letterboxed[1, 1, 0] -= 50
     scores = torch.zeros(2, 2, 4)
     scores[0, 0, 1], scores[0, 1, 3], scores[1, 0, 0], scores[1, 1, 2] = 0.9, 0.8, 0.7, 0.6
-    out = model.postprocess(letterboxed, scores, sizes, scales, padding)
+    out = model.postprocess(letterboxed, torch.ones(2, 2), scores, sizes, scales, padding)
     torch.testing.assert_close(out[0]["boxes"], originals[0], atol=1e-3, rtol=0)
     assert out[0]["labels"].tolist() == [1, 3] and out[1]["labels"].tolist() == [0, 2]
     expected = originals[1].clone()
@@ -225,7 +226,8 @@ def test_decode_matches_official_formula():
     model = YOLOv7("yolov7-tiny", num_classes=2)
     g = torch.Generator().manual_seed(0)
     preds = [torch.randn(2, 3, h, w, 7, generator=g) for h, w in [(4, 6), (2, 3), (1, 2)]]
-    boxes, scores = model.decode(preds)
+    boxes, objectness, class_probs = model.decode(preds)
+    scores = class_probs * objectness[..., None]
     expected_boxes, expected_scores = [], []
     for p, stride, anchors in zip(preds, (8, 16, 32), model.detect.anchor_grid):
         y = p.double().sigmoid()
@@ -237,6 +239,29 @@ def test_decode_matches_official_formula():
         expected_scores.append((y[..., 5:] * y[..., 4:5]).view(2, -1, 2))
     torch.testing.assert_close(boxes.double(), torch.cat(expected_boxes, 1), atol=1e-4, rtol=1e-6)
     torch.testing.assert_close(scores.double(), torch.cat(expected_scores, 1), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_cpu_objectness_prefilter_keeps_the_same_detections(multi_label):
+    g = torch.Generator().manual_seed(5)
+    model = YOLOv7("yolov7-tiny", num_classes=6, box_score_thresh=0.3, multi_label=multi_label).eval()
+    xy = torch.rand(3, 400, 2, generator=g) * 300 + 50
+    boxes = torch.cat((xy, xy + torch.rand(3, 400, 2, generator=g) * 60 + 1), -1)
+    objectness = torch.rand(3, 400, generator=g) ** 3
+    objectness[2] = 0.1  # an image without candidates
+    class_probs = torch.rand(3, 400, 6, generator=g)
+    out = model.postprocess(boxes, objectness, class_probs, [(1000, 1000)] * 3, torch.ones(3), torch.zeros(3, 2))
+    scores = class_probs * objectness[..., None]
+    if not multi_label:
+        scores = scores * F.one_hot(scores.argmax(-1), 6)
+    from pydet import ops
+    det_boxes, det_scores, det_labels, counts = ops.multiclass_nms(boxes, scores, 0.3, 0.45, 300)
+    assert counts[0] > 5 and counts[2] == 0
+    for i, det in enumerate(out):
+        n = int(counts[i])
+        torch.testing.assert_close(det["boxes"], det_boxes[i, :n], rtol=0, atol=0)
+        torch.testing.assert_close(det["scores"], det_scores[i, :n], rtol=0, atol=0)
+        assert det["labels"].tolist() == det_labels[i, :n].tolist()
 
 
 # ----------------------------------------------------------------------------------------- losses
