@@ -1,9 +1,10 @@
 """YOLOv7 benchmarks: end-to-end eval latency, and post-processing of a batch of 16 at 640 x 640.
 
-Post-processing starts from the official decoded head output ``[16, 25200, 85]`` (xywh pixels, objectness,
-class probabilities) and compares pydet's batched path (one ``multiclass_nms`` call, no host sync before the
-end) with the official per-image Python loop (threshold, ``obj x cls``, xyxy, class-aware NMS) on
-``torchvision.ops.batched_nms`` or ``pydet.ops.batched_nms``.
+Post-processing starts from each implementation's decoded head output for ``[16, 25200, 85]`` predictions:
+pydet's batched path (``YOLOv7.postprocess``: one ``multiclass_nms`` call, no host sync before the end on
+CUDA) gets xyxy boxes, objectness and class probabilities as ``YOLOv7.decode`` returns them; the official
+per-image Python loop (threshold, ``obj x cls``, xyxy, class-aware NMS on ``torchvision.ops.batched_nms`` or
+``pydet.ops.batched_nms``) gets the official ``[16, 25200, 85]`` (xywh, objectness, class probabilities).
 """
 import pytest
 import torch
@@ -32,11 +33,11 @@ def _xyxy(xywh):
 
 
 def _pydet_postprocess(model, predictions):
-    sizes = [(640, 640)] * predictions.shape[0]
-    scales = predictions.new_ones(predictions.shape[0])
-    padding = predictions.new_zeros(predictions.shape[0], 2)
-    return model.postprocess(_xyxy(predictions[..., :4]), predictions[..., 4], predictions[..., 5:], sizes,
-                             scales, padding)
+    """pydet's post-processing, given what its decode returns (xyxy boxes, objectness, class probabilities)."""
+    batch = predictions.shape[0]
+    boxes, objectness, class_probs = _xyxy(predictions[..., :4]), predictions[..., 4], predictions[..., 5:]
+    sizes, scales, padding = [(640, 640)] * batch, predictions.new_ones(batch), predictions.new_zeros(batch, 2)
+    return lambda: model.postprocess(boxes, objectness, class_probs, sizes, scales, padding)
 
 
 def _official_loop(batched_nms, predictions, conf, iou, multi_label, max_det=300, max_nms=30000):
@@ -81,7 +82,7 @@ def test_postprocess_batch16(benchmark, impl, setting):
         fn = lambda: _official_loop(torchvision.ops.batched_nms, predictions,  # noqa: E731
                                     params["box_score_thresh"], params["box_nms_thresh"], params["multi_label"])
     else:
-        fn = lambda: _pydet_postprocess(model, predictions)  # noqa: E731
+        fn = _pydet_postprocess(model, predictions)
     # the per-image dicts end in host-visible sizes for every implementation, so no extra sync is needed
     benchmark.pedantic(cuda_timer(fn) if device == "cuda" else fn, rounds=5, iterations=1, warmup_rounds=1)
 

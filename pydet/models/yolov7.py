@@ -256,16 +256,26 @@ class YOLOv7(nn.Module):
                     image_sizes: list[tuple[int, int]], scales: Tensor, padding: Tensor) -> list[dict[str, Tensor]]:
         """Score ``objectness x class probability``, NMS, and map the kept boxes back to each input image."""
         threshold = self.box_score_thresh
-        if boxes.device.type == "cpu":
+        if boxes.device.type == "cpu" and threshold >= 0:
             # A score never exceeds its objectness. On the CPU, where reading a count back costs nothing, keep
-            # only boxes whose objectness passes (in their order, padded to the batch's largest count): the same
-            # detections from a fraction of the work. On accelerators everything stays batched and sync-free.
-            count = max(1, int((objectness > threshold).sum(1).max()))
-            if count < objectness.shape[1]:
-                keep = objectness.topk(count, dim=1).indices.sort(1).values
-                boxes = boxes.gather(1, keep[..., None].expand(-1, -1, 4))
-                class_probs = class_probs.gather(1, keep[..., None].expand(-1, -1, class_probs.shape[-1]))
-                objectness = objectness.gather(1, keep)
+            # only boxes whose objectness passes (in their order; rows padded with zero objectness to the
+            # batch's largest count): the same detections from a fraction of the work. On accelerators
+            # everything stays batched and free of host synchronisation.
+            passing = objectness > threshold
+            counts = passing.sum(1)
+            count = max(1, int(counts.max()))
+            batch, num_boxes, num_classes = class_probs.shape
+            if count < num_boxes:
+                image, index = passing.nonzero(as_tuple=True)
+                slot = torch.arange(image.shape[0]) - (counts.cumsum(0) - counts)[image]
+                rows = index.new_zeros(batch, count)
+                rows[image, slot] = image * num_boxes + index
+                valid = passing.new_zeros(batch, count)
+                valid[image, slot] = True
+                rows = rows.flatten()
+                boxes = boxes.reshape(-1, 4).index_select(0, rows).view(batch, count, 4)
+                class_probs = class_probs.reshape(-1, num_classes).index_select(0, rows).view(batch, count, -1)
+                objectness = objectness.reshape(-1).index_select(0, rows).view(batch, count) * valid
         if self.multi_label:
             scores = class_probs * objectness[..., None]
         else:
