@@ -250,6 +250,7 @@ def test_cpu_objectness_prefilter_keeps_the_same_detections(multi_label):
     objectness = torch.rand(3, 400, generator=g) ** 8  # about 14% pass 0.3: the CPU path gathers those
     assert 4 * (objectness > 0.3).sum(1).max() <= 400
     objectness[2] = 0.1  # an image without candidates
+    objectness[0, 0] = 1.0  # a confident first box: padding must not copy it into other images
     class_probs = torch.rand(3, 400, 6, generator=g)
     out = model.postprocess(boxes, objectness, class_probs, [(1000, 1000)] * 3, torch.ones(3), torch.zeros(3, 2))
     scores = class_probs * objectness[..., None]
