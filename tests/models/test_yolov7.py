@@ -343,6 +343,7 @@ def _random_targets(generator, images=3, per_image=4, classes=5):
             x, y = (torch.rand(2, generator=generator) * 0.8 + 0.1).tolist()
             rows.append([i, int(torch.randint(classes, (1,), generator=generator)), x, y, w, h])
     rows.append([images, 0, 0.5, 0.5, 0.2, 0.2])  # targets of the last image only
+    rows += [[0, 1, 0.31, 0.62, 0.15, 0.2], [0, 3, 0.33, 0.63, 0.16, 0.18]]  # overlapping: contested candidates
     return torch.tensor(rows, dtype=torch.float32)
 
 
