@@ -47,7 +47,7 @@ def draw_detections(image: np.ndarray, detection: dict, label_map: LabelMap, mas
         draw.rectangle(box, outline=colour, width=2)
         caption = f"{name} {score:.2f}"
         left, top, right, bottom = draw.textbbox((box[0], box[1]), caption)
-        lift = bottom - top + 2
+        lift = bottom - top + 2 if top - (bottom - top + 2) >= 0 else 0  # above the box, or inside at the top
         draw.rectangle((left, top - lift, right + 2, bottom - lift), fill=colour)
         draw.text((box[0] + 1, box[1] - lift), caption, fill=(0, 0, 0))
     return np.asarray(canvas)
@@ -71,6 +71,24 @@ def _images(paths: list[Path]) -> Iterator[_Item]:
 def _frames(path: Path) -> Iterator[_Item]:
     for frame in read_video(path):
         yield _Item(frame.index, f"frame_{frame.index:06d}", frame.image)
+
+
+def open_source(source: str | os.PathLike) -> tuple[Iterator[_Item], int | None, float | None]:
+    """``(items, count, fps)`` of an image, a folder of images or a video (``fps`` None for images).
+
+    Raises :class:`InputError` now, before any model runs, if ``source`` cannot be read at all.
+    """
+    source = Path(source)
+    if source.is_dir():
+        paths = list_images(source)
+        if not paths:
+            raise InputError(f"{source}: no image files ({' '.join(IMAGE_EXTENSIONS)})")
+        return _images(paths), len(paths), None
+    if source.exists() and is_image_file(source):
+        read_image(source)  # fail now, as one error, rather than as a skipped folder entry
+        return _images([source]), 1, None
+    info = probe_video(source)
+    return _frames(source), info.num_frames, info.fps
 
 
 @dataclass
@@ -98,18 +116,7 @@ def detect(model: nn.Module, source: str | os.PathLike, *, label_map: LabelMap, 
     """
     from tqdm import tqdm
 
-    source = Path(source)
-    if source.is_dir():
-        paths = list_images(source)
-        if not paths:
-            raise InputError(f"{source}: no image files ({' '.join(IMAGE_EXTENSIONS)})")
-        items, total, fps = _images(paths), len(paths), None
-    elif source.exists() and is_image_file(source):
-        read_image(source)  # fail now, as one error, rather than as a skipped folder entry
-        items, total, fps = _images([source]), 1, None
-    else:
-        info = probe_video(source)
-        items, total, fps = _frames(source), info.num_frames, info.fps
+    items, total, fps = open_source(source)
     if out_video is not None and fps is None:
         raise InputError(f"{source}: --out-video needs a video input; use --out-dir for images")
     if out_dir is not None:

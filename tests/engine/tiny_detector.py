@@ -40,7 +40,7 @@ class TinyDetector(nn.Module):
         results = []
         for lg, reg, (h, w) in zip(logits, ltrb, sizes):
             scores, labels = lg.sigmoid().max(1)
-            keep = scores > 0.05
+            keep = scores > 0.01
             boxes = torch.cat((centres - reg[:, :2], centres + reg[:, 2:]), 1)[keep]
             boxes = torch.stack((boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h),
                                  boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)), 1)
