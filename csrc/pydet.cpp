@@ -21,6 +21,16 @@ TORCH_LIBRARY(pydet, m) {
   // ---- RoIAlign (pydet/ops/roi_align.py) ----
 
   // ---- mask pasting (pydet/ops/paste_masks.py) ----
+  // threshold=None returns probabilities in the masks' dtype, a float returns bool (value >= threshold).
+  m.def("paste_masks(Tensor masks, Tensor boxes, int height, int width, float? threshold) -> Tensor");
 
   // ---- FCOS target assignment (pydet/ops/fcos_targets.py) ----
+  // Returns (labels, reg_targets, matched_gt). The batched form takes gt_boxes [B, M, 4] padded per
+  // image, of which the first num_gt[b] rows are real.
+  m.def(
+      "fcos_targets(Tensor points, Tensor strides, Tensor size_ranges, Tensor gt_boxes, Tensor gt_labels, "
+      "int num_classes, float center_sampling_radius) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "fcos_targets_batched(Tensor points, Tensor strides, Tensor size_ranges, Tensor gt_boxes, "
+      "Tensor gt_labels, Tensor num_gt, int num_classes, float center_sampling_radius) -> (Tensor, Tensor, Tensor)");
 }

@@ -6,8 +6,12 @@ kernel ``csrc/cuda/<group>_kernel.cu``, a float64 reference ``pydet/reference/<g
 """
 from .anchors import cell_anchors, grid_anchors, grid_points
 from .boxes import box_area, box_iou, clip_boxes_to_image, decode_boxes, encode_boxes, remove_small_boxes
+from .fcos_targets import fcos_centerness, fcos_level_inputs, fcos_targets, fcos_targets_batched
+from .paste_masks import paste_masks
 
 __all__ = [
     "box_area", "box_iou", "cell_anchors", "clip_boxes_to_image", "decode_boxes", "encode_boxes",
     "grid_anchors", "grid_points", "remove_small_boxes",
+    "fcos_centerness", "fcos_level_inputs", "fcos_targets", "fcos_targets_batched",
+    "paste_masks",
 ]
