@@ -136,6 +136,8 @@ def _train(args) -> int:
                    ema=is_yolo(args.model) if args.ema is None else args.ema, checkpoint=out / "last.safetensors",
                    checkpoint_every=args.checkpoint_every, resume=args.resume or False, log_file=out / "log.jsonl",
                    device=device, num_workers=args.workers, seed=args.seed, progress=not args.quiet, meta=meta)
+    if _rank() != 0:
+        return 0
     if not result.losses and args.resume:
         print(f"{out / 'last.safetensors'}: already trained for {result.steps} steps", file=sys.stderr)
     else:
@@ -143,6 +145,12 @@ def _train(args) -> int:
         print(f"trained to step {result.steps}: loss {mean:.4f} (last 10 steps), {result.images_per_s:.1f} images/s; "
               f"checkpoint {out / 'last.safetensors'}", file=sys.stderr)
     return 0
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def _eval(args) -> int:

@@ -248,7 +248,10 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 1, max_steps: int
                             ema_updates=ema_model.updates if ema_model else 0, step=step, epoch=epoch,
                             rng_states=states, meta=info)
 
-    log = open(log_file, "a", encoding="utf-8") if (log_file is not None and rank == 0) else None
+    log = None
+    if log_file is not None and rank == 0:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_file, "a", encoding="utf-8")
     from tqdm import tqdm
 
     bar = tqdm(total=total_steps, initial=step, file=sys.stderr, disable=not progress or rank != 0,
