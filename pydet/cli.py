@@ -178,7 +178,8 @@ def _eval(args) -> int:
 def _bench(args) -> int:
     from .bench import run_bench
 
-    run_bench(models=args.models, repeat=args.repeat, threads=args.threads)
+    only = args.ops.split(",") if args.ops else None
+    run_bench(models=args.models, repeat=args.repeat, threads=args.threads, only=only)
     return 0
 
 
@@ -241,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which models to time (default: the small CPU presets)")
     p.add_argument("--repeat", type=int, default=5, help="timed runs per case (median reported)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--ops", help="comma-separated kernels to time (default: all)")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("models", help="list the registered model names")

@@ -149,3 +149,11 @@ def test_video_with_a_corrupt_middle_is_processed_with_a_warning(weights, tmp_pa
     frames = {r["image_id"] for r in json.loads(out_json.read_text())}
     assert 0 in frames and 29 in frames and len(frames) < 30  # before and after the damage, minus the damage
     assert len(list(read_video(out_video))) == len(frames)
+
+
+def test_bench_times_kernels_against_references(capsys):
+    assert main(["bench", "--ops", "box_iou,nms", "--models", "none", "--repeat", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[2:]}
+    assert set(rows) == {"box_iou", "nms"}
+    assert all(float(rows[op][-3]) > 0 and float(rows[op][-2]) > 0 for op in rows)  # pydet and reference ms
