@@ -139,8 +139,8 @@ class GreedyNms {
 };
 
 // Runs GreedyNms over consecutive segments [starts[s], starts[s+1]) of rows. Threads take chunks of
-// segments (about kChunkBoxes boxes each) from a shared counter rather than a fixed half each, so a
-// thread that starts late (a busy machine) delays the call by little.
+// segments (about kChunkBoxes boxes each) from a shared counter rather than a fixed share each: classes
+// of very different sizes balance, and a thread that starts late gets less of the work.
 template <typename T>
 void nms_segments(const T* boxes, const std::vector<int64_t>& rows, const std::vector<int64_t>& starts,
                   double iou_threshold, std::vector<uint8_t>& keep) {
