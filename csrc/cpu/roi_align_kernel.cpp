@@ -178,7 +178,9 @@ RoiTables<acc_t> build_tables(const at::Tensor& rois, const int64_t* levels, con
 
 // Items per parallel chunk, given a rough count of the multiply-adds of one item: small problems (and
 // the many tiny calls of gradcheck) stay on one thread.
-int64_t grain_for(int64_t work_per_item) { return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(work_per_item, 1)); }
+int64_t grain_for(int64_t work_per_item) {
+  return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(work_per_item, 1));
+}
 
 // Channels per block: 32 floats or 16 doubles, a few vector registers.
 constexpr int64_t kBlockBytes = 128;
@@ -198,29 +200,30 @@ bool cpu_has_avx2() {
 #endif
 }
 
-// Defines name##_baseline and, on x86-64, name##_avx2: `body<kWidth>` instantiated for a full channel
-// block (a compile-time width the compiler keeps in registers) or a shorter last block. The body is
-// force-inlined, so each variant is compiled for its own instruction set.
+// Defines name##_baseline and, on x86-64, name##_avx2, both calling body<kWidth>(job, k, c0, width) for
+// RoI k and channels [c0, c0 + width): kWidth is the full block (a compile-time width the compiler keeps
+// in registers) or 0 for a shorter last block. The body is force-inlined, so each variant is compiled for
+// its own instruction set.
 #ifdef PYDET_AVX2_VARIANT
 #define PYDET_DEFINE_VARIANTS(name, body, Job)                                                          \
   template <typename... Ts>                                                                           \
-  void name##_baseline(const Job<Ts...>& job, int64_t a, int64_t b, int64_t width) {                  \
+  void name##_baseline(const Job<Ts...>& job, int64_t k, int64_t c0, int64_t width) {                 \
     constexpr int64_t full = kBlock<typename Job<Ts...>::acc_t>;                                      \
-    width == full ? body<full>(job, a, b, width) : body<0>(job, a, b, width);                         \
+    width == full ? body<full>(job, k, c0, width) : body<0>(job, k, c0, width);                       \
   }                                                                                                   \
   template <typename... Ts>                                                                           \
-  __attribute__((target("avx2,fma"))) void name##_avx2(const Job<Ts...>& job, int64_t a, int64_t b,  \
+  __attribute__((target("avx2,fma"))) void name##_avx2(const Job<Ts...>& job, int64_t k, int64_t c0, \
                                                        int64_t width) {                               \
     constexpr int64_t full = kBlock<typename Job<Ts...>::acc_t>;                                      \
-    width == full ? body<full>(job, a, b, width) : body<0>(job, a, b, width);                         \
+    width == full ? body<full>(job, k, c0, width) : body<0>(job, k, c0, width);                       \
   }
 #define PYDET_PICK_VARIANT(name, ...) (cpu_has_avx2() ? &name##_avx2<__VA_ARGS__> : &name##_baseline<__VA_ARGS__>)
 #else
 #define PYDET_DEFINE_VARIANTS(name, body, Job)                                                          \
   template <typename... Ts>                                                                           \
-  void name##_baseline(const Job<Ts...>& job, int64_t a, int64_t b, int64_t width) {                  \
+  void name##_baseline(const Job<Ts...>& job, int64_t k, int64_t c0, int64_t width) {                 \
     constexpr int64_t full = kBlock<typename Job<Ts...>::acc_t>;                                      \
-    width == full ? body<full>(job, a, b, width) : body<0>(job, a, b, width);                         \
+    width == full ? body<full>(job, k, c0, width) : body<0>(job, k, c0, width);                       \
   }
 #define PYDET_PICK_VARIANT(name, ...) (&name##_baseline<__VA_ARGS__>)
 #endif
@@ -233,11 +236,13 @@ struct PoolJob {
   const RoiTables<acc_t>& tables;
   const std::vector<LevelShape>& shapes;
   std::vector<const data_t*> maps;  // per level: pixel-major data, pixels pixel_stride elements apart
-  int64_t pixel_stride, channels, pooled_h, pooled_w;
+  int64_t pixel_stride;
+  int64_t first_channel;  // the channel stored first in each pixel of `maps`
+  int64_t channels, pooled_h, pooled_w;
   scalar_t* out;  // [K, C, pooled_h, pooled_w]
 };
 
-// out[k, c0 + c] for c < width, reading channel (c0 - map_c0 + c) of each pixel of RoI k's map.
+// out[k, c0 + c] for c < width.
 template <int64_t kWidth, typename data_t, typename scalar_t>
 C10_ALWAYS_INLINE void pool_roi(const PoolJob<data_t, scalar_t>& job, int64_t k, int64_t c0, int64_t width) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -245,10 +250,14 @@ C10_ALWAYS_INLINE void pool_roi(const PoolJob<data_t, scalar_t>& job, int64_t k,
   const int64_t n = kWidth > 0 ? kWidth : width;
   const int64_t level = t.level[k], bins = job.pooled_h * job.pooled_w;
   const int64_t map_width = job.shapes[level].width, stride = job.pixel_stride;
-  const data_t* image = job.maps[level] + t.image[k] * job.shapes[level].height * map_width * stride +
-                        (stride == job.channels ? c0 : 0);
+  const data_t* image =
+      job.maps[level] + t.image[k] * job.shapes[level].height * map_width * stride + (c0 - job.first_channel);
   scalar_t* o = job.out + (k * job.channels + c0) * bins;
-  acc_t acc[kBlock<acc_t>];
+  // A full block accumulates in registers; a channels-last map is pooled in one pass over all channels,
+  // which reads each pixel's channels once, from a buffer in L1.
+  acc_t block_acc[kBlock<acc_t>];
+  std::vector<acc_t> wide_acc(kWidth == 0 && n > kBlock<acc_t> ? n : 0);
+  acc_t* acc = wide_acc.empty() ? block_acc : wide_acc.data();
   for (int64_t ph = 0; ph < job.pooled_h; ++ph) {
     const int64_t rb = t.rows.begin[k * job.pooled_h + ph], re = t.rows.end[k * job.pooled_h + ph];
     for (int64_t pw = 0; pw < job.pooled_w; ++pw) {
@@ -284,9 +293,7 @@ void pool_channels(const PoolJob<data_t, scalar_t>& job, int64_t c0, int64_t wid
         std::fill(o, o + width * bins, scalar_t(0));
         continue;
       }
-      for (int64_t c = c0; c < c0 + width; c += kBlock<typename PoolJob<data_t, scalar_t>::acc_t>) {
-        pool(job, k, c, std::min(kBlock<typename PoolJob<data_t, scalar_t>::acc_t>, c0 + width - c));
-      }
+      pool(job, k, c0, width);
     }
   });
 }
@@ -322,7 +329,7 @@ void forward_impl(const std::vector<at::Tensor>& features, const RoiTables<at::o
     return f.is_contiguous(at::MemoryFormat::ChannelsLast);
   });
   if (channels_last) {
-    PoolJob<scalar_t, scalar_t> job{t, shapes, {}, channels, channels, pooled_h, pooled_w, out};
+    PoolJob<scalar_t, scalar_t> job{t, shapes, {}, channels, 0, channels, pooled_h, pooled_w, out};
     for (const auto& f : features) job.maps.push_back(f.const_data_ptr<scalar_t>());
     pool_channels(job, 0, channels);
     return;
@@ -336,7 +343,7 @@ void forward_impl(const std::vector<at::Tensor>& features, const RoiTables<at::o
   }
   for (int64_t c0 = 0; c0 < channels; c0 += block) {
     const int64_t width = std::min(block, channels - c0);
-    PoolJob<acc_t, scalar_t> job{t, shapes, {}, width, channels, pooled_h, pooled_w, out};
+    PoolJob<acc_t, scalar_t> job{t, shapes, {}, width, c0, channels, pooled_h, pooled_w, out};
     for (size_t l = 0; l < features.size(); ++l) {
       gather_channel_block(contiguous[l].const_data_ptr<scalar_t>(), batch_size, channels, shapes[l].height,
                            shapes[l].width, c0, width, buffers[l].data());
@@ -368,18 +375,17 @@ struct ScatterJob {
   int64_t channels, pooled_h, pooled_w;
   const Band* band;
   acc_t* buffer;  // [y1 - y0, width, block] for the band
-  int64_t c0;
 };
 
 // Adds the contributions of RoI k to the band's rows, channels [c0, c0 + width).
 template <int64_t kWidth, typename scalar_t>
-C10_ALWAYS_INLINE void scatter_roi(const ScatterJob<scalar_t>& job, int64_t k, int64_t /*unused*/, int64_t width) {
+C10_ALWAYS_INLINE void scatter_roi(const ScatterJob<scalar_t>& job, int64_t k, int64_t c0, int64_t width) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto& t = job.tables;
   const Band& band = *job.band;
   const int64_t n = kWidth > 0 ? kWidth : width;
   const int64_t bins = job.pooled_h * job.pooled_w, map_width = job.shapes[band.level].width;
-  const scalar_t* gk = job.grad + (k * job.channels + job.c0) * bins;
+  const scalar_t* gk = job.grad + (k * job.channels + c0) * bins;
   const acc_t count = t.count[k];
   acc_t gv[kBlock<acc_t>];
   for (int64_t ph = 0; ph < job.pooled_h; ++ph) {
@@ -429,7 +435,7 @@ void backward_impl(const at::Tensor& grad, const RoiTables<at::opmath_type<scala
     at::parallel_for(0, static_cast<int64_t>(bands.size()), grain, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> buffer(kBandRows * widest * width);
       ScatterJob<scalar_t> job{t, shapes, grad.const_data_ptr<scalar_t>(), channels, pooled_h, pooled_w,
-                               nullptr, buffer.data(), c0};
+                               nullptr, buffer.data()};
       for (int64_t b = begin; b < end; ++b) {
         const Band& band = bands[b];
         job.band = &band;
@@ -438,9 +444,10 @@ void backward_impl(const at::Tensor& grad, const RoiTables<at::opmath_type<scala
         const int64_t group = band.level * batch_size + band.image;
         for (int64_t slot = t.group_begin[group]; slot < t.group_begin[group + 1]; ++slot) {
           const int64_t k = t.order[slot];
-          if (t.row_last[k] >= band.y0 && t.row_first[k] < band.y1) scatter(job, k, 0, width);
+          if (t.row_last[k] >= band.y0 && t.row_first[k] < band.y1) scatter(job, k, c0, width);
         }
-        scalar_t* dst = grads[band.level].mutable_data_ptr<scalar_t>() + (band.image * channels + c0) * height * map_width;
+        scalar_t* dst =
+            grads[band.level].mutable_data_ptr<scalar_t>() + (band.image * channels + c0) * height * map_width;
         for (int64_t c = 0; c < width; ++c) {
           for (int64_t y = band.y0; y < band.y1; ++y) {
             const acc_t* src = buffer.data() + (y - band.y0) * map_width * width + c;
