@@ -335,19 +335,19 @@ void forward_impl(const std::vector<at::Tensor>& features, const RoiTables<at::o
     return;
   }
   const int64_t block = std::min(kBlock<acc_t>, channels);
-  std::vector<at::Tensor> contiguous;
-  std::vector<std::vector<acc_t>> buffers;
+  std::vector<at::Tensor> contiguous, buffers;
   for (size_t l = 0; l < features.size(); ++l) {
     contiguous.push_back(features[l].contiguous());
-    buffers.emplace_back(batch_size * shapes[l].height * shapes[l].width * block);
+    buffers.push_back(at::empty({batch_size * shapes[l].height * shapes[l].width * block},
+                                features[l].options().dtype(c10::CppTypeToScalarType<acc_t>::value)));
   }
   for (int64_t c0 = 0; c0 < channels; c0 += block) {
     const int64_t width = std::min(block, channels - c0);
     PoolJob<acc_t, scalar_t> job{t, shapes, {}, width, c0, channels, pooled_h, pooled_w, out};
     for (size_t l = 0; l < features.size(); ++l) {
       gather_channel_block(contiguous[l].const_data_ptr<scalar_t>(), batch_size, channels, shapes[l].height,
-                           shapes[l].width, c0, width, buffers[l].data());
-      job.maps.push_back(buffers[l].data());
+                           shapes[l].width, c0, width, buffers[l].mutable_data_ptr<acc_t>());
+      job.maps.push_back(buffers[l].const_data_ptr<acc_t>());
     }
     pool_channels(job, c0, width);
   }
