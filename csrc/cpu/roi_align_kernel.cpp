@@ -140,7 +140,7 @@ RoiTables<acc_t> build_tables(const at::Tensor& rois, const int64_t* levels, con
   t.rows.weight.resize(row_entries);
   t.cols.index.resize(col_entries);
   t.cols.weight.resize(col_entries);
-  at::parallel_for(0, num_rois, 64, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, num_rois, 1024, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       const auto& g = grids[k];
       const int64_t h = t.level[k] < 0 ? 0 : shapes[t.level[k]].height;
