@@ -17,8 +17,30 @@ TORCH_LIBRARY(pydet, m) {
       "Device? device=None) -> Tensor[]");
 
   // ---- non-maximum suppression (pydet/ops/nms.py) ----
+  // Greedy NMS, torchvision semantics; indices of kept boxes by decreasing score.
+  m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
+  m.def("batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");
+  // Per image of a batch, fixed-size outputs (boxes, scores, labels, num_detections); pre_nms_topk < 0: none.
+  m.def(
+      "multiclass_nms(Tensor boxes, Tensor scores, float score_threshold, float iou_threshold, int max_per_image, "
+      "bool class_agnostic, int pre_nms_topk) -> (Tensor, Tensor, Tensor, Tensor)");
 
   // ---- RoIAlign (pydet/ops/roi_align.py) ----
+  // rois: [K, 5] rows (batch index, x1, y1, x2, y2). The multi-scale form pools RoI k from
+  // features[levels[k]] (RoIs with a level outside the list give zeros) in one kernel, without host syncs.
+  m.def(
+      "roi_align(Tensor input, Tensor rois, float spatial_scale, int pooled_height, int pooled_width, "
+      "int sampling_ratio, bool aligned) -> Tensor");
+  m.def(
+      "roi_align_backward(Tensor grad, Tensor rois, float spatial_scale, int pooled_height, int pooled_width, "
+      "SymInt batch_size, SymInt channels, SymInt height, SymInt width, int sampling_ratio, bool aligned) -> Tensor");
+  m.def(
+      "multi_scale_roi_align(Tensor[] features, Tensor rois, Tensor levels, float[] spatial_scales, "
+      "int pooled_height, int pooled_width, int sampling_ratio, bool aligned) -> Tensor");
+  m.def(
+      "multi_scale_roi_align_backward(Tensor grad, Tensor rois, Tensor levels, float[] spatial_scales, "
+      "int pooled_height, int pooled_width, SymInt batch_size, SymInt channels, SymInt[] heights, "
+      "SymInt[] widths, int sampling_ratio, bool aligned) -> Tensor[]");
 
   // ---- mask pasting (pydet/ops/paste_masks.py) ----
   // threshold=None returns probabilities in the masks' dtype, a float returns bool (value >= threshold).

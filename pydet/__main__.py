@@ -1,0 +1,4 @@
+"""``python -m pydet ...`` is the ``pydet`` command."""
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,272 @@
+"""``pydet detect | train | eval | bench`` (also ``python -m pydet``).
+
+User errors (a missing or unreadable file, a malformed annotation file, a bad argument value) are
+one line on stderr naming the culprit and exit status 1; progress and warnings go to stderr too.
+``PYDET_DEBUG=1`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+EXIT_ERROR = 1
+
+
+def _model_args(pairs: list[str]) -> dict:
+    """``["min_size=320", "backbone=vovnet19"]`` -> ``{"min_size": 320, "backbone": "vovnet19"}``."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--model-arg {pair!r}: expected NAME=VALUE")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def _add_model_options(parser: argparse.ArgumentParser, weights_required: bool = False) -> None:
+    parser.add_argument("--model", required=True, help="registered model name (see `pydet models`)")
+    parser.add_argument("--weights", required=weights_required, help="pydet checkpoint (.safetensors) or a "
+                        "state dict (.pt/.pth, loaded with weights_only=True)")
+    parser.add_argument("--model-arg", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra build argument, e.g. min_size=320 or box_score_thresh=0.3 (repeatable)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+
+def _add_data_options(parser: argparse.ArgumentParser, default_seed: int) -> None:
+    parser.add_argument("--data", nargs="+", required=True, metavar="DATA",
+                        help="'synthetic', or a COCO annotation file and its image folder")
+    parser.add_argument("--num-images", type=int, default=None, help="synthetic: number of images")
+    parser.add_argument("--image-size", type=int, default=None, help="synthetic: image side in pixels")
+    parser.add_argument("--num-classes", type=int, default=None, help="synthetic: number of shape classes")
+    parser.add_argument("--data-seed", type=int, default=default_seed, help="synthetic: dataset seed")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+
+
+def _dataset(args, saved: dict | None = None, transforms=None):
+    """The dataset ``--data`` names; synthetic settings default to those a checkpoint was trained with."""
+    from .data import SyntheticShapes
+    from .data.coco import CocoDetection
+
+    if args.data == ["synthetic"]:
+        saved = saved or {}
+        return SyntheticShapes(num_images=args.num_images or saved.get("num_images", 256),
+                               image_size=args.image_size or saved.get("image_size", 128),
+                               num_classes=args.num_classes or saved.get("num_classes", 3),
+                               seed=args.data_seed, transforms=transforms)
+    if len(args.data) != 2:
+        raise ValueError("--data takes 'synthetic' or ANNOTATIONS.json IMAGE_DIR")
+    return CocoDetection(args.data[0], args.data[1], transforms=transforms)
+
+
+def _detect(args) -> int:
+    from .engine import build_model, detect, model_info
+    from .engine.detect import open_source
+
+    if args.out_video and args.out_dir:
+        raise ValueError("give --out-video or --out-dir, not both")
+    source = Path(args.input)
+    open_source(source)  # an unreadable input fails before the model is built
+    model, label_map, _ = build_model(args.model, args.weights, **_model_args(args.model_arg))
+    if args.weights is None:
+        warnings.warn(f"no --weights: {args.model} is randomly initialised", RuntimeWarning)
+    with_masks = model_info(args.model)[0]
+    stats = detect(model, source, label_map=label_map, with_masks=with_masks, score_threshold=args.score_threshold,
+                   batch_size=args.batch_size, device=_device(args.device), out_json=args.out_json,
+                   out_video=args.out_video, out_dir=args.out_dir, progress=not args.quiet)
+    unit = "images" if source.is_dir() or stats.images == 1 and not args.out_video else "frames"
+    print(f"{stats.images} {unit}, {stats.detections} detections in {stats.seconds:.1f} s: "
+          f"{stats.images_per_s:.1f} {unit}/s end to end, "
+          f"{stats.images / max(stats.model_seconds, 1e-9):.1f} {unit}/s in the model", file=sys.stderr)
+    return 0
+
+
+def _device(name: str | None):
+    import torch
+
+    from .engine.train import default_device
+
+    return torch.device(name) if name else default_device()
+
+
+def _train(args) -> int:
+    import torch
+
+    from . import models
+    from .data.transforms import Compose, Mosaic, RandomHorizontalFlip, RandomScaleJitter
+    from .engine import init_distributed, model_info, train
+    from .engine.model_info import LabelMap, input_size_kwargs, is_yolo
+
+    device = init_distributed(args.device)
+    augment = [a for a in args.augment.split(",") if a] if args.augment else []
+    unknown = set(augment) - {"flip", "jitter", "mosaic"}
+    if unknown:
+        raise ValueError(f"--augment: unknown {', '.join(sorted(unknown))} (choose from flip, jitter, mosaic)")
+    steps = [RandomHorizontalFlip()] if "flip" in augment else []
+    steps += [RandomScaleJitter()] if "jitter" in augment else []
+    dataset = _dataset(args, transforms=Compose(steps) if steps else None)
+    if "mosaic" in augment:
+        dataset = Mosaic(dataset, size=args.image_size or max(dataset[0][0].shape[-2:]))
+    has_masks, offset = model_info(args.model)
+    categories = dataset.categories
+    label_map = LabelMap.for_model(args.model, categories)
+    kwargs = {"num_classes": label_map.num_model_classes}
+    if args.data == ["synthetic"]:
+        kwargs.update(input_size_kwargs(args.model, dataset.image_size[0]))
+    kwargs.update(_model_args(args.model_arg))
+    torch.manual_seed(args.seed)
+    model = models.build(args.model, **kwargs)
+    out = Path(args.out or f"runs/{args.model}")
+    meta = {"model": args.model, "model_kwargs": kwargs, **label_map.state()}
+    if args.data == ["synthetic"]:
+        meta["synthetic"] = {"num_images": len(dataset), "image_size": list(dataset.image_size),
+                             "num_classes": dataset.num_classes}
+    result = train(model, dataset, epochs=args.epochs, max_steps=args.steps, batch_size=args.batch_size,
+                   label_offset=offset, with_masks=has_masks, optimizer=args.optimizer, lr=args.lr,
+                   momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
+                   warmup_steps=args.warmup_steps, clip_grad_norm=args.clip_grad_norm, amp=not args.no_amp,
+                   ema=is_yolo(args.model) if args.ema is None else args.ema, checkpoint=out / "last.safetensors",
+                   checkpoint_every=args.checkpoint_every, resume=args.resume or False, log_file=out / "log.jsonl",
+                   device=device, num_workers=args.workers, seed=args.seed, progress=not args.quiet, meta=meta)
+    if _rank() != 0:
+        return 0
+    if not result.losses and args.resume:
+        print(f"{out / 'last.safetensors'}: already trained for {result.steps} steps", file=sys.stderr)
+    else:
+        mean = sum(result.losses[-10:]) / max(len(result.losses[-10:]), 1)
+        print(f"trained to step {result.steps}: loss {mean:.4f} (last 10 steps), {result.images_per_s:.1f} images/s; "
+              f"checkpoint {out / 'last.safetensors'}", file=sys.stderr)
+    return 0
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _eval(args) -> int:
+    from .engine import LabelMap, build_model, evaluate, model_info
+
+    # a COCO annotation file is checked before the model is built; synthetic data follows the checkpoint
+    dataset = None if args.data == ["synthetic"] else _dataset(args)
+    model, label_map, meta = build_model(args.model, args.weights, **_model_args(args.model_arg))
+    dataset = dataset or _dataset(args, saved=meta.get("synthetic"))
+    if args.coco_ids:
+        label_map = LabelMap.for_model(args.model, dataset.categories, coco_ids=True)
+    elif [c["id"] for c in label_map.categories] != [c["id"] for c in dataset.categories]:
+        if "categories" in meta:
+            raise ValueError(f"{args.weights}: trained on categories {[c['name'] for c in label_map.categories]}, "
+                             f"the data has {[c['name'] for c in dataset.categories]}")
+        label_map = LabelMap.for_model(args.model, dataset.categories)
+    metrics = evaluate(model, dataset, label_map=label_map, with_masks=model_info(args.model)[0],
+                       batch_size=args.batch_size, device=_device(args.device), num_workers=args.workers,
+                       progress=not args.quiet)
+    if args.out_json:
+        Path(args.out_json).write_text(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _bench(args) -> int:
+    from .bench import run_bench
+
+    only = args.ops.split(",") if args.ops else None
+    run_bench(models=args.models, repeat=args.repeat, threads=args.threads, only=only)
+    return 0
+
+
+def _models(args) -> int:
+    from . import models
+
+    print("\n".join(models.available()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pydet", description="Object detection and instance segmentation.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("detect", help="detect objects in an image, a folder of images or a video")
+    p.add_argument("input", metavar="INPUT", help="image file, folder of images, or video file")
+    _add_model_options(p)
+    p.add_argument("--score-threshold", type=float, default=0.5, help="keep detections scoring at least this")
+    p.add_argument("--out-json", help="COCO results JSON")
+    p.add_argument("--out-video", help="annotated video (video INPUT)")
+    p.add_argument("--out-dir", help="folder for annotated images (PNG)")
+    p.add_argument("--batch-size", type=int, default=4, help="images or frames per model call")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_detect)
+
+    p = sub.add_parser("train", help="train a model (torchrun for several GPUs or machines)")
+    _add_model_options(p)
+    _add_data_options(p, default_seed=0)
+    p.add_argument("--out", help="folder for last.safetensors and log.jsonl (default runs/MODEL)")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--steps", type=int, default=None, help="train this many steps instead of --epochs")
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum, or AdamW's beta1")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--schedule", choices=("cosine", "step"), default="cosine")
+    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--clip-grad-norm", type=float, default=None)
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep an EMA of the weights (default: on for YOLOv7)")
+    p.add_argument("--no-amp", action="store_true", help="no float16 autocast on CUDA")
+    p.add_argument("--augment", default="flip", help="comma-separated: flip, jitter, mosaic (default flip)")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="also checkpoint every N steps")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="COCO mAP of trained weights")
+    _add_model_options(p, weights_required=True)
+    _add_data_options(p, default_seed=1_000_003)
+    p.add_argument("--coco-ids", action="store_true",
+                   help="R-CNN weights use COCO's category ids as labels (torchvision's 91-class models)")
+    p.add_argument("--out-json", help="also write the metrics as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("bench", help="kernel and model timings against the reference implementations")
+    p.add_argument("--models", choices=("none", "small", "all"), default="small",
+                   help="which models to time (default: the small CPU presets)")
+    p.add_argument("--repeat", type=int, default=5, help="timed runs per case (median reported)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--ops", help="comma-separated kernels to time (default: all)")
+    p.set_defaults(func=_bench)
+
+    p = sub.add_parser("models", help="list the registered model names")
+    p.set_defaults(func=_models)
+    return parser
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"pydet: warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .data.video import InputError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.func(args)
+    except (InputError, FileNotFoundError, PermissionError, IsADirectoryError, ValueError) as exc:
+        if os.environ.get("PYDET_DEBUG"):
+            raise
+        print(f"pydet: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("pydet: interrupted", file=sys.stderr)
+        return 130

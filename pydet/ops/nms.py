@@ -1,0 +1,105 @@
+"""Greedy non-maximum suppression: single-class, class-aware, and batched multi-class with fixed-size output.
+
+Semantics (all three ops, CPU and CUDA alike):
+
+- torchvision's greedy NMS: boxes are visited by decreasing score and a box is suppressed when its IoU
+  with an already kept box is ``> iou_threshold`` (strictly; IoU exactly at the threshold is kept). IoU
+  is ``inter / (area1 + area2 - inter)`` computed in the boxes' dtype (float32 for half types), and the
+  comparison with the threshold is exact.
+- Ties in score keep index order (a stable sort), so results are deterministic.
+- A NaN score drops its box: it is never kept and never suppresses anything. ``inf`` scores rank first.
+- A zero-area box has IoU 0/0 = NaN with an identical box and 0 with others, so it neither suppresses
+  nor is suppressed (as in torchvision).
+
+Kernels: csrc/cpu/nms_kernel.cpp, csrc/cuda/nms_kernel.cu. Reference: pydet/reference/nms.py.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._checks import check_boxes, check_float, check_same_device, check_same_dtype, check_tensor
+
+INTEGER = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def _check_scores(boxes: Tensor, scores: Tensor) -> None:
+    check_boxes(boxes, "boxes")
+    check_tensor(scores, "scores", dims=1)
+    check_same_device(("boxes", boxes), ("scores", scores))
+    check_same_dtype(("boxes", boxes), ("scores", scores))
+    if scores.shape[0] != boxes.shape[0]:
+        raise ValueError(f"scores must have one entry per box ({boxes.shape[0]}), got {scores.shape[0]}")
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Indices (int64) of the boxes kept by greedy NMS, by decreasing score (torchvision ``nms``)."""
+    _check_scores(boxes, scores)
+    return torch.ops.pydet.nms(boxes, scores, check_float(iou_threshold, "iou_threshold"))
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy NMS within each class of ``idxs`` (boxes of different classes never suppress each other).
+
+    Returns the kept indices (int64) of all classes by decreasing score, as torchvision's
+    ``batched_nms``, computed exactly at any coordinate scale (no coordinate-offset trick).
+    """
+    _check_scores(boxes, scores)
+    check_tensor(idxs, "idxs", dims=1, dtypes=INTEGER)
+    check_same_device(("boxes", boxes), ("idxs", idxs))
+    if idxs.shape[0] != boxes.shape[0]:
+        raise ValueError(f"idxs must have one entry per box ({boxes.shape[0]}), got {idxs.shape[0]}")
+    return torch.ops.pydet.batched_nms(boxes, scores, idxs, check_float(iou_threshold, "iou_threshold"))
+
+
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+def multiclass_nms(boxes: Tensor, scores: Tensor, score_threshold: float, iou_threshold: float,
+                   max_per_image: int, *, class_agnostic: bool = False,
+                   pre_nms_topk: int | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Multi-class NMS for a batch of images, with fixed-size outputs (no host synchronisation on CUDA).
+
+    ``boxes`` is ``[B, N, 4]`` (shared by the classes) or ``[B, N, C, 4]``, ``scores`` is ``[B, N, C]``.
+    Per image: the (box, class) pairs with ``score > score_threshold``, the best ``pre_nms_topk`` of them
+    (all when None), greedy NMS within each class (across classes when ``class_agnostic``), and the best
+    ``max_per_image`` kept pairs by decreasing score (ties: box index, then class). Returns
+    ``boxes [B, D, 4]``, ``scores [B, D]``, ``labels`` int64 ``[B, D]`` (class indices) and
+    ``num_detections`` int64 ``[B]``, with ``D = max_per_image``; rows past ``num_detections[b]`` hold
+    zero boxes, score 0 and label -1.
+    """
+    check_tensor(scores, "scores", dims=3)
+    check_tensor(boxes, "boxes", dims=(3, 4), last=4)
+    batch, num_boxes, num_classes = scores.shape
+    allowed = [(batch, num_boxes, 4), (batch, num_boxes, num_classes, 4)]
+    if tuple(boxes.shape) not in allowed:
+        raise ValueError(f"boxes must have shape {list(allowed[0])} or {list(allowed[1])} for scores of shape "
+                         f"{list(scores.shape)}, got {list(boxes.shape)}")
+    check_same_device(("boxes", boxes), ("scores", scores))
+    check_same_dtype(("boxes", boxes), ("scores", scores))
+    topk = -1 if pre_nms_topk is None else _positive_int(pre_nms_topk, "pre_nms_topk")
+    return torch.ops.pydet.multiclass_nms(
+        boxes, scores, check_float(score_threshold, "score_threshold"), check_float(iou_threshold, "iou_threshold"),
+        _positive_int(max_per_image, "max_per_image"), bool(class_agnostic), topk)
+
+
+@torch.library.register_fake("pydet::nms")
+def _(boxes, scores, iou_threshold):
+    return boxes.new_empty(torch.library.get_ctx().new_dynamic_size(), dtype=torch.int64)
+
+
+@torch.library.register_fake("pydet::batched_nms")
+def _(boxes, scores, idxs, iou_threshold):
+    return boxes.new_empty(torch.library.get_ctx().new_dynamic_size(), dtype=torch.int64)
+
+
+@torch.library.register_fake("pydet::multiclass_nms")
+def _(boxes, scores, score_threshold, iou_threshold, max_per_image, class_agnostic, pre_nms_topk):
+    batch = scores.shape[0]
+    return (boxes.new_empty(batch, max_per_image, 4), scores.new_empty(batch, max_per_image),
+            scores.new_empty(batch, max_per_image, dtype=torch.int64), scores.new_empty(batch, dtype=torch.int64))

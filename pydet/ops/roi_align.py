@@ -1,0 +1,266 @@
+"""RoIAlign with torchvision semantics, and its fused multi-level (FPN) form.
+
+Kernels: csrc/cpu/roi_align_kernel.cpp, csrc/cuda/roi_align_kernel.cu. Reference: pydet/reference/roi_align.py.
+
+Behaviour worth knowing (all as in torchvision unless said otherwise):
+
+* With ``aligned=False`` every RoI is at least 1x1 feature pixel, so an empty or inverted box still pools
+  the pixel at its corner. With ``aligned=True`` an empty box pools nothing (zeros) when sampling is
+  adaptive; an inverted box with a fixed ``sampling_ratio`` samples "backwards", exactly like torchvision.
+* Samples further than one pixel outside the feature map read zero; boxes partly or wholly outside the
+  map are fine. Boxes with NaN coordinates give zeros and no gradient.
+* Batch indices (column 0 of ``[K, 5]`` rois) must be integers in ``[0, N)``. The CPU kernel raises a
+  ``ValueError``. On CUDA they are checked inside the kernel, without a host sync: a bad index stops the
+  kernel with a device-side assert, like PyTorch's own indexing ops. Boxes given as a list of ``[L, 4]``
+  tensors get valid indices by construction.
+* Half and bfloat16 inputs are computed in float32 and rounded once. Under autocast the op runs in
+  float32 and returns the input's dtype, like torchvision.
+* The CUDA backward uses atomics, unless ``torch.use_deterministic_algorithms(True)`` is on: then it
+  gathers, one thread per input element, and is bit-for-bit reproducible. The CPU backward is always
+  deterministic.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from ._checks import check_float, check_same_device, check_tensor
+
+_INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+def _pair(output_size, name: str = "output_size") -> tuple[int, int]:
+    if isinstance(output_size, (list, tuple)):
+        if len(output_size) != 2:
+            raise ValueError(f"{name} must be an int or a (height, width) pair, got {output_size!r}")
+        size = tuple(output_size)
+    else:
+        size = (output_size, output_size)
+    for s in size:
+        if isinstance(s, bool) or not isinstance(s, int) or s <= 0:
+            raise ValueError(f"{name} must hold positive ints, got {output_size!r}")
+    return size
+
+
+def _check_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    return value
+
+
+def _scale(value, name: str = "spatial_scale") -> float:
+    scale = check_float(value, name)
+    if not 0 < scale < float("inf"):
+        raise ValueError(f"{name} must be finite and positive, got {scale}")
+    return scale
+
+
+def convert_boxes_to_rois(boxes: Tensor | Sequence[Tensor], batch_size: int | None = None) -> Tensor:
+    """``[K, 5]`` rois ``(batch index, x1, y1, x2, y2)`` from a ``[K, 5]`` tensor or a list of ``[L, 4]`` boxes.
+
+    A list holds one tensor per image; its rows are numbered by their position in the list.
+    """
+    if isinstance(boxes, Tensor):
+        check_tensor(boxes, "boxes", dims=2, last=5)
+        return boxes
+    if not isinstance(boxes, (list, tuple)):
+        raise TypeError(f"boxes must be a [K, 5] tensor or a list of [L, 4] tensors, got {type(boxes).__name__}")
+    if len(boxes) == 0:
+        raise ValueError("boxes must not be an empty list: give one [L, 4] tensor per image")
+    for b in boxes:
+        check_tensor(b, "boxes", dims=2, last=4)
+        if b.device != boxes[0].device or b.dtype != boxes[0].dtype:
+            raise ValueError("boxes must all have the same dtype and device")
+    if batch_size is not None and len(boxes) > batch_size:
+        raise ValueError(f"boxes holds {len(boxes)} images but the input has a batch of {batch_size}")
+    concat = torch.cat(list(boxes), dim=0)
+    ids = torch.cat([torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)], dim=0)
+    return torch.cat([ids, concat], dim=1)
+
+
+def roi_align(input: Tensor, boxes: Tensor | Sequence[Tensor], output_size, spatial_scale: float = 1.0,
+              sampling_ratio: int = -1, aligned: bool = False) -> Tensor:
+    """RoIAlign (Mask R-CNN): average of bilinear samples over each bin, ``[K, C, out_h, out_w]``.
+
+    ``boxes`` is a ``[K, 5]`` tensor of ``(batch index, x1, y1, x2, y2)`` or a list of ``[L, 4]`` boxes per
+    image, in image pixels; ``spatial_scale`` maps them onto ``input``. ``sampling_ratio <= 0`` takes
+    ``ceil(roi size / output size)`` samples per bin side. ``aligned=True`` shifts boxes by half a pixel
+    (Detectron2's ROIAlignV2). Differentiable with respect to ``input``.
+    """
+    check_tensor(input, "input", dims=4)
+    rois = convert_boxes_to_rois(boxes, input.shape[0])
+    check_same_device(("input", input), ("boxes", rois))
+    pooled_h, pooled_w = _pair(output_size)
+    return torch.ops.pydet.roi_align(input, rois, _scale(spatial_scale), pooled_h, pooled_w,
+                                     _check_int(sampling_ratio, "sampling_ratio"), bool(aligned))
+
+
+def fpn_levels(boxes: Tensor, k_min: int, k_max: int, canonical_scale: float = 224, canonical_level: int = 4,
+               eps: float = 1e-6) -> Tensor:
+    """torchvision's ``LevelMapper``: level ``floor(canonical_level + log2(sqrt(area) / canonical_scale) + eps)``.
+
+    Clamped to ``[k_min, k_max]`` and returned as an int64 index from ``k_min``, computed in the boxes'
+    dtype like torchvision. Boxes whose area is NaN or negative get ``-1`` (they pool zeros).
+    """
+    check_tensor(boxes, "boxes", dims=2, last=4)
+    sizes = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+    levels = torch.floor(canonical_level + torch.log2(sizes / canonical_scale) + torch.tensor(eps, dtype=sizes.dtype))
+    return _level_index(levels, k_min, k_max)
+
+
+def area_ratio_levels(boxes: Tensor, image_areas: Tensor, k_min: int, k_max: int) -> Tensor:
+    """CenterMask's level: ``ceil(k_max - log2(image_area / box_area))``, clamped to ``[k_min, k_max]``.
+
+    ``image_areas`` holds the area of each box's (resized, unpadded) image. With CenterMask2's P3-P5 maps
+    ``k_max`` is 5. Computed in the boxes' dtype; NaN or negative areas give ``-1``.
+    """
+    check_tensor(boxes, "boxes", dims=2, last=4)
+    box_areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    levels = torch.ceil(k_max - torch.log2(image_areas.to(box_areas.dtype) / box_areas + sys.float_info.epsilon))
+    return _level_index(levels, k_min, k_max)
+
+
+def _level_index(levels: Tensor, k_min: int, k_max: int) -> Tensor:
+    levels = torch.clamp(levels, min=k_min, max=k_max)
+    return torch.where(torch.isnan(levels), -1, levels.nan_to_num(k_min).to(torch.int64) - k_min)
+
+
+def level_range(spatial_scales: Sequence[float]) -> tuple[int, int]:
+    """``(k_min, k_max)`` of feature maps with these scales (level k has scale 2^-k), as torchvision."""
+    k_min = -torch.log2(torch.tensor(spatial_scales[0], dtype=torch.float32)).item()
+    k_max = -torch.log2(torch.tensor(spatial_scales[-1], dtype=torch.float32)).item()
+    return int(k_min), int(k_max)
+
+
+def multi_scale_roi_align(features: Sequence[Tensor], boxes: Tensor | Sequence[Tensor], output_size,
+                          spatial_scales: Sequence[float], sampling_ratio: int = -1, aligned: bool = False, *,
+                          levels: Tensor | None = None, canonical_scale: float = 224,
+                          canonical_level: int = 4) -> Tensor:
+    """RoIAlign of each box on its own pyramid level, in one kernel: ``[K, C, out_h, out_w]``.
+
+    ``features[l]`` has scale ``spatial_scales[l]`` (finest first). ``levels[k]`` picks box k's map; by
+    default torchvision's ``MultiScaleRoIAlign`` mapping (:func:`fpn_levels`) with the levels implied
+    by the scales. Boxes with a level outside ``[0, len(features))`` pool zeros. Rows follow the
+    concatenated boxes. No host synchronisation on CUDA.
+    """
+    if isinstance(features, Tensor) or not isinstance(features, (list, tuple)) or len(features) == 0:
+        raise TypeError("features must be a non-empty list of [N, C, H, W] tensors")
+    features = list(features)
+    for f in features:
+        check_tensor(f, "features", dims=4)
+    rois = convert_boxes_to_rois(boxes, features[0].shape[0])
+    check_same_device(("features", features[0]), ("boxes", rois))
+    scales = [_scale(s, "spatial_scales") for s in spatial_scales]
+    if len(scales) != len(features):
+        raise ValueError(f"spatial_scales must have one entry per feature map ({len(features)}), got {len(scales)}")
+    pooled_h, pooled_w = _pair(output_size)
+    sampling_ratio = _check_int(sampling_ratio, "sampling_ratio")
+    if levels is None:
+        if len(features) == 1:
+            return torch.ops.pydet.roi_align(features[0], rois, scales[0], pooled_h, pooled_w, sampling_ratio,
+                                             bool(aligned))
+        levels = fpn_levels(rois[:, 1:], *level_range(scales), canonical_scale, canonical_level)
+    check_tensor(levels, "levels", dims=1, dtypes=_INDEX_DTYPES)
+    if levels.shape[0] != rois.shape[0]:
+        raise ValueError(f"levels must have one entry per box ({rois.shape[0]}), got {levels.shape[0]}")
+    check_same_device(("boxes", rois), ("levels", levels))
+    return torch.ops.pydet.multi_scale_roi_align(features, rois, levels.long(), scales, pooled_h, pooled_w,
+                                                 sampling_ratio, bool(aligned))
+
+
+# ---- fake kernels ----
+
+@torch.library.register_fake("pydet::roi_align")
+def _(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+    torch._check(rois.dim() == 2 and rois.shape[1] == 5, lambda: f"rois must have shape [K, 5], got {rois.shape}")
+    return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
+
+
+@torch.library.register_fake("pydet::roi_align_backward")
+def _(grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width, sampling_ratio,
+      aligned):
+    return grad.new_empty((batch_size, channels, height, width))
+
+
+@torch.library.register_fake("pydet::multi_scale_roi_align")
+def _(features, rois, levels, spatial_scales, pooled_height, pooled_width, sampling_ratio, aligned):
+    torch._check(rois.dim() == 2 and rois.shape[1] == 5, lambda: f"rois must have shape [K, 5], got {rois.shape}")
+    return features[0].new_empty((rois.shape[0], features[0].shape[1], pooled_height, pooled_width))
+
+
+@torch.library.register_fake("pydet::multi_scale_roi_align_backward")
+def _(grad, rois, levels, spatial_scales, pooled_height, pooled_width, batch_size, channels, heights, widths,
+      sampling_ratio, aligned):
+    return [grad.new_empty((batch_size, channels, h, w)) for h, w in zip(heights, widths)]
+
+
+# ---- autograd: the backward ops are linear in `grad`, so their own gradient is the forward op ----
+
+def _setup_roi_align(ctx, inputs, output):
+    input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned = inputs
+    ctx.save_for_backward(rois)
+    ctx.input_shape = input.shape
+    ctx.args = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
+
+
+def _roi_align_backward(ctx, grad):
+    (rois,) = ctx.saved_tensors
+    spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned = ctx.args
+    batch_size, channels, height, width = ctx.input_shape
+    grad_input = torch.ops.pydet.roi_align_backward(grad, rois, spatial_scale, pooled_height, pooled_width,
+                                                    batch_size, channels, height, width, sampling_ratio, aligned)
+    return grad_input, None, None, None, None, None, None
+
+
+def _setup_roi_align_backward(ctx, inputs, output):
+    grad, rois, spatial_scale, pooled_height, pooled_width, *_, sampling_ratio, aligned = inputs
+    ctx.save_for_backward(rois)
+    ctx.args = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
+
+
+def _roi_align_double_backward(ctx, grad_grad_input):
+    (rois,) = ctx.saved_tensors
+    grad_grad = torch.ops.pydet.roi_align(grad_grad_input, rois, *ctx.args)
+    return (grad_grad,) + (None,) * 10
+
+
+def _setup_multi_scale(ctx, inputs, output):
+    features, rois, levels, spatial_scales, pooled_height, pooled_width, sampling_ratio, aligned = inputs
+    ctx.save_for_backward(rois, levels)
+    ctx.shapes = [f.shape for f in features]
+    ctx.args = (spatial_scales, pooled_height, pooled_width, sampling_ratio, aligned)
+
+
+def _multi_scale_backward(ctx, grad):
+    rois, levels = ctx.saved_tensors
+    spatial_scales, pooled_height, pooled_width, sampling_ratio, aligned = ctx.args
+    batch_size, channels = ctx.shapes[0][0], ctx.shapes[0][1]
+    grads = torch.ops.pydet.multi_scale_roi_align_backward(
+        grad, rois, levels, spatial_scales, pooled_height, pooled_width, batch_size, channels,
+        [s[2] for s in ctx.shapes], [s[3] for s in ctx.shapes], sampling_ratio, aligned)
+    return list(grads), None, None, None, None, None, None, None
+
+
+def _setup_multi_scale_backward(ctx, inputs, output):
+    grad, rois, levels, spatial_scales, pooled_height, pooled_width, *_, sampling_ratio, aligned = inputs
+    ctx.save_for_backward(rois, levels)
+    ctx.args = (spatial_scales, pooled_height, pooled_width, sampling_ratio, aligned)
+
+
+def _multi_scale_double_backward(ctx, grad_grads):
+    rois, levels = ctx.saved_tensors
+    grad_grads = [torch.zeros_like(g) if g is None else g for g in grad_grads]
+    grad_grad = torch.ops.pydet.multi_scale_roi_align(grad_grads, rois, levels, *ctx.args)
+    return (grad_grad,) + (None,) * 11
+
+
+torch.library.register_autograd("pydet::roi_align", _roi_align_backward, setup_context=_setup_roi_align)
+torch.library.register_autograd("pydet::roi_align_backward", _roi_align_double_backward,
+                                setup_context=_setup_roi_align_backward)
+torch.library.register_autograd("pydet::multi_scale_roi_align", _multi_scale_backward,
+                                setup_context=_setup_multi_scale)
+torch.library.register_autograd("pydet::multi_scale_roi_align_backward", _multi_scale_double_backward,
+                                setup_context=_setup_multi_scale_backward)
