@@ -37,8 +37,8 @@ inline void check_fcos_targets_args(const at::Tensor& points, const at::Tensor& 
     check_same_device(points, "points", *num_gt, "num_gt");
   } else {
     check_boxes(gt_boxes, "gt_boxes");
-    TORCH_CHECK_VALUE(gt_labels.dim() == 1 && gt_labels.size(0) == gt_boxes.size(0), "gt_labels must have shape [M] = [",
-                      gt_boxes.size(0), "], got ", gt_labels.sizes());
+    TORCH_CHECK_VALUE(gt_labels.dim() == 1 && gt_labels.size(0) == gt_boxes.size(0),
+                      "gt_labels must have shape [M] = [", gt_boxes.size(0), "], got ", gt_labels.sizes());
   }
   TORCH_CHECK_VALUE(gt_labels.scalar_type() == at::kLong, "gt_labels must be int64, got ", gt_labels.scalar_type());
   check_same_dtype(points, "points", strides, "strides");

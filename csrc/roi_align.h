@@ -96,6 +96,69 @@ C10_HOST_DEVICE inline bool axis_taps(T coord, int64_t size, AxisTaps<T>& taps) 
   return true;
 }
 
+// ---- the gather form of the backward (CUDA, deterministic mode) ----
+// A thread that owns input pixel (y, x) finds, for each RoI, the samples that put weight on its row and
+// on its column; the weight of bin (ph, pw) on the pixel is then wy(ph) * wx(pw) / count.
+
+// Where a RoI's samples can land: image -1 when it pools nothing; rows [y0, y1] and columns [x0, x1]
+// (a superset: one pixel wider than the taps of the extreme samples).
+struct RoiFootprint {
+  int32_t image, level, y0, y1, x0, x1;
+};
+
+// Pixels [first, last] that the samples of one axis can touch; first > last when none can.
+template <typename T>
+C10_HOST_DEVICE inline void axis_footprint(T start, T bin, int64_t pooled, int64_t samples, int64_t size,
+                                           int32_t& first, int32_t& last) {
+  first = 1;
+  last = 0;
+  if (samples == 0 || size == 0) return;
+  const T a = sample_coord(start, bin, int64_t(0), int64_t(0), samples);
+  const T b = sample_coord(start, bin, pooled - 1, samples - 1, samples);
+  const T lo = a < b ? a : b, hi = a < b ? b : a;
+  if (!(lo <= static_cast<T>(size) && hi >= T(-1))) return;  // outside the map, or NaN
+  const T from = ::floor(lo > T(0) ? lo : T(0)) - T(1);
+  const T to = ::floor(hi < static_cast<T>(size) ? hi : static_cast<T>(size)) + T(2);
+  first = from > T(0) ? static_cast<int32_t>(from) : 0;
+  last = to < static_cast<T>(size - 1) ? static_cast<int32_t>(to) : static_cast<int32_t>(size - 1);
+}
+
+// Samples [first, last] of one axis (global index j = bin * samples + i) that may put weight on pixel
+// `pos`: those with coordinates in (pos - 1, pos + 1), plus [-1, 0] for pixel 0 and [size - 1, size] for
+// the last pixel, which clamping maps onto them. Widened by one sample; callers weigh each exactly.
+template <typename T>
+C10_HOST_DEVICE inline void candidate_samples(T start, T bin, int64_t pooled, int64_t samples, int64_t size,
+                                              int64_t pos, int64_t& first, int64_t& last) {
+  const int64_t total = pooled * samples;
+  const T step = bin / static_cast<T>(samples);
+  const T lo = pos == 0 ? T(-1) : static_cast<T>(pos - 1);
+  const T hi = pos == size - 1 ? static_cast<T>(size) : static_cast<T>(pos + 1);
+  first = 0;
+  last = -1;
+  if (step == T(0)) {  // every sample sits at `start`
+    if (start >= lo && start <= hi) last = total - 1;
+    return;
+  }
+  T a = (lo - start) / step - T(0.5), b = (hi - start) / step - T(0.5);
+  if (a > b) {
+    const T swap = a;
+    a = b;
+    b = swap;
+  }
+  if (!(a <= static_cast<T>(total) && b >= T(-1))) return;  // out of range, or NaN
+  const T from = ::floor(a) - T(1), to = ::ceil(b) + T(1);
+  first = from > T(0) ? static_cast<int64_t>(from) : 0;
+  last = to < static_cast<T>(total - 1) ? static_cast<int64_t>(to) : total - 1;
+}
+
+// Weight that sample j of an axis puts on pixel `pos` (0 when the sample lies outside the map).
+template <typename T>
+C10_HOST_DEVICE inline T sample_weight_on(T start, T bin, int64_t samples, int64_t size, int64_t j, int64_t pos) {
+  AxisTaps<T> t;
+  if (!axis_taps(sample_coord(start, bin, j / samples, j % samples, samples), size, t)) return T(0);
+  return (t.low == pos ? t.w_low : T(0)) + (t.high == pos ? t.w_high : T(0));
+}
+
 // ---- argument checks shared by the CPU and CUDA kernels ----
 
 inline void check_rois(const at::Tensor& rois) {

@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "../common.h"
@@ -143,56 +144,113 @@ void nms_segments(const T* boxes, const std::vector<int64_t>& rows, const std::v
                   double iou_threshold, std::vector<uint8_t>& keep) {
   const int64_t n = static_cast<int64_t>(rows.size());
   keep.assign(n, 0);
-  at::parallel_for(0, n, 2048, [&](int64_t begin, int64_t end) {
+  const auto run_segments = [&](int64_t begin, int64_t end) {
     GreedyNms<T> greedy(iou_threshold);
     // A segment belongs to the chunk that holds its first row.
     auto s = std::lower_bound(starts.begin(), starts.end() - 1, begin) - starts.begin();
     for (; s + 1 < static_cast<int64_t>(starts.size()) && starts[s] < end; ++s) {
       greedy.run(boxes, rows.data() + starts[s], starts[s + 1] - starts[s], keep.data() + starts[s]);
     }
-  });
+  };
+  if (starts.size() <= 2) {
+    run_segments(0, n);  // one class: nothing to share
+  } else {
+    at::parallel_for(0, n, 2048, run_segments);
+  }
 }
 
+// Unsigned keys that sort ascending in order of decreasing score (-0.0 ties with 0.0; no NaN here).
 template <typename T>
-struct Ranked {
-  int64_t cls;
-  T score;
-  int64_t index;
-};
+auto descending_key(T score) {
+  using Key = std::conditional_t<sizeof(T) == 8, uint64_t, uint32_t>;
+  constexpr Key sign = Key{1} << (8 * sizeof(Key) - 1);
+  const Key bits = std::bit_cast<Key>(score == 0 ? T(0) : score);
+  return static_cast<Key>((bits & sign) ? bits : ~(bits | sign));
+}
 
+// Sorts ids by decreasing scores[id], ties by increasing id, keeping the best `limit` (all if < 0).
 template <typename T>
-bool higher_score(const Ranked<T>& a, const Ranked<T>& b) {
-  return a.score > b.score || (a.score == b.score && a.index < b.index);
+void sort_by_decreasing_score(std::vector<int64_t>& ids, const T* scores, int64_t limit = -1) {
+  std::vector<std::pair<decltype(descending_key(T())), int64_t>> keyed(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) keyed[i] = {descending_key(scores[ids[i]]), ids[i]};
+  if (limit >= 0 && limit < static_cast<int64_t>(keyed.size())) {
+    std::nth_element(keyed.begin(), keyed.begin() + limit, keyed.end());
+    keyed.resize(limit);
+  }
+  std::sort(keyed.begin(), keyed.end());
+  ids.resize(keyed.size());
+  for (size_t i = 0; i < keyed.size(); ++i) ids[i] = keyed[i].second;
+}
+
+// Positions 0..m-1 grouped by labels[position], in position order inside a group (a stable sort), and
+// the start of each group. Dense labels (class ids) take a counting sort, others a comparison sort.
+std::vector<int64_t> group_by_label(const std::vector<int64_t>& labels, std::vector<int64_t>& starts) {
+  const int64_t m = static_cast<int64_t>(labels.size());
+  std::vector<int64_t> grouped(m);
+  starts.clear();
+  if (m > 0) {
+    const auto [lo, hi] = std::minmax_element(labels.begin(), labels.end());
+    const uint64_t span = static_cast<uint64_t>(*hi) - static_cast<uint64_t>(*lo);
+    if (span < static_cast<uint64_t>(2 * m + 1024)) {
+      std::vector<int64_t> next(span + 2, 0);
+      for (const int64_t label : labels) ++next[label - *lo + 1];
+      for (size_t g = 1; g < next.size(); ++g) next[g] += next[g - 1];
+      for (int64_t p = 0; p < m; ++p) grouped[next[labels[p] - *lo]++] = p;
+    } else {
+      std::vector<std::pair<int64_t, int64_t>> keyed(m);
+      for (int64_t p = 0; p < m; ++p) keyed[p] = {labels[p], p};
+      std::sort(keyed.begin(), keyed.end());
+      for (int64_t p = 0; p < m; ++p) grouped[p] = keyed[p].second;
+    }
+    for (int64_t q = 0; q < m; ++q) {
+      if (q == 0 || labels[grouped[q]] != labels[grouped[q - 1]]) starts.push_back(q);
+    }
+  }
+  starts.push_back(m);
+  return grouped;
+}
+
+// Greedy NMS over candidates ranked best first: rows[r] is the box row of rank r, labels[r] its class
+// (null: one class). Returns keep flags by rank.
+template <typename T>
+std::vector<uint8_t> nms_ranked(const T* boxes, const std::vector<int64_t>& rows,
+                                const std::vector<int64_t>* labels, double iou_threshold) {
+  std::vector<uint8_t> keep;
+  if (!labels) {
+    nms_segments(boxes, rows, {0, static_cast<int64_t>(rows.size())}, iou_threshold, keep);
+    return keep;
+  }
+  std::vector<int64_t> starts;
+  const std::vector<int64_t> grouped = group_by_label(*labels, starts);
+  std::vector<int64_t> grouped_rows(rows.size());
+  for (size_t q = 0; q < rows.size(); ++q) grouped_rows[q] = rows[grouped[q]];
+  std::vector<uint8_t> keep_grouped;
+  nms_segments(boxes, grouped_rows, starts, iou_threshold, keep_grouped);
+  keep.resize(rows.size());
+  for (size_t q = 0; q < rows.size(); ++q) keep[grouped[q]] = keep_grouped[q];
+  return keep;
 }
 
 // Indices of the kept boxes, best first. `classes` may be null (one class).
 template <typename T>
 std::vector<int64_t> nms_indices(const T* boxes, const T* scores, const int64_t* classes, int64_t n,
                                  double iou_threshold) {
-  std::vector<Ranked<T>> order;
+  std::vector<int64_t> order;
   order.reserve(n);
   for (int64_t i = 0; i < n; ++i) {
-    if (!std::isnan(scores[i])) order.push_back({classes ? classes[i] : 0, scores[i], i});
+    if (!std::isnan(scores[i])) order.push_back(i);
   }
-  std::sort(order.begin(), order.end(), [](const Ranked<T>& a, const Ranked<T>& b) {
-    return a.cls < b.cls || (a.cls == b.cls && higher_score(a, b));
-  });
-  std::vector<int64_t> rows(order.size()), starts;
-  for (size_t i = 0; i < order.size(); ++i) {
-    rows[i] = order[i].index;
-    if (i == 0 || order[i].cls != order[i - 1].cls) starts.push_back(static_cast<int64_t>(i));
+  sort_by_decreasing_score(order, scores);
+  std::vector<int64_t> labels;
+  if (classes) {
+    labels.resize(order.size());
+    for (size_t r = 0; r < order.size(); ++r) labels[r] = classes[order[r]];
   }
-  starts.push_back(static_cast<int64_t>(order.size()));
-  std::vector<uint8_t> keep;
-  nms_segments(boxes, rows, starts, iou_threshold, keep);
-
-  std::vector<Ranked<T>> kept;
-  for (size_t i = 0; i < order.size(); ++i) {
-    if (keep[i]) kept.push_back(order[i]);
+  const std::vector<uint8_t> keep = nms_ranked(boxes, order, classes ? &labels : nullptr, iou_threshold);
+  std::vector<int64_t> out;
+  for (size_t r = 0; r < order.size(); ++r) {
+    if (keep[r]) out.push_back(order[r]);
   }
-  if (starts.size() > 2) std::sort(kept.begin(), kept.end(), higher_score<T>);
-  std::vector<int64_t> out(kept.size());
-  for (size_t i = 0; i < kept.size(); ++i) out[i] = kept[i].index;
   return out;
 }
 
@@ -228,24 +286,13 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, co
   return nms_common(boxes, scores, &idxs, iou_threshold);
 }
 
-template <typename T>
-struct Candidate {
-  T score;
-  int64_t flat;  // n * C + c
-};
-
-template <typename T>
-bool better(const Candidate<T>& a, const Candidate<T>& b) {
-  return a.score > b.score || (a.score == b.score && a.flat < b.flat);
-}
-
 // One image of multiclass_nms: writes max_per_image rows of boxes/scores/labels, returns the count.
 template <typename T>
 int64_t multiclass_nms_image(const T* boxes, const T* scores, int64_t num_boxes, int64_t num_classes,
                              bool boxes_per_class, const MulticlassNmsOptions& opt, T* out_boxes, T* out_scores,
                              int64_t* out_labels) {
   const T score_threshold = threshold_at_or_below<T>(opt.score_threshold);
-  std::vector<Candidate<T>> cand;
+  std::vector<int64_t> candidates;  // flat ids n * C + c
   const int64_t total = num_boxes * num_classes;
   // Most scores are below the threshold: a branch-free (vectorisable) count per block skips them fast.
   constexpr int64_t kBlock = 64;
@@ -255,38 +302,24 @@ int64_t multiclass_nms_image(const T* boxes, const T* scores, int64_t num_boxes,
     for (int64_t f = block; f < end; ++f) above += scores[f] > score_threshold;
     if (above == 0) continue;
     for (int64_t f = block; f < end; ++f) {
-      if (scores[f] > score_threshold) cand.push_back({scores[f], f});
+      if (scores[f] > score_threshold) candidates.push_back(f);
     }
   }
-  if (opt.pre_nms_topk >= 0 && static_cast<int64_t>(cand.size()) > opt.pre_nms_topk) {
-    std::nth_element(cand.begin(), cand.begin() + opt.pre_nms_topk, cand.end(), better<T>);
-    cand.resize(opt.pre_nms_topk);
-  }
-  std::sort(cand.begin(), cand.end(), better<T>);
+  sort_by_decreasing_score(candidates, scores, opt.pre_nms_topk);
 
-  // Group by class, keeping score order inside each class (a counting sort).
-  const int64_t num_groups = opt.class_agnostic ? 1 : num_classes;
-  std::vector<int64_t> starts(num_groups + 1, 0), by_group(cand.size()), rows(cand.size());
-  for (const auto& c : cand) ++starts[opt.class_agnostic ? 1 : c.flat % num_classes + 1];
-  for (int64_t g = 0; g < num_groups; ++g) starts[g + 1] += starts[g];
-  std::vector<int64_t> fill(starts.begin(), starts.end() - 1);
-  for (size_t i = 0; i < cand.size(); ++i) {
-    const int64_t slot = fill[opt.class_agnostic ? 0 : cand[i].flat % num_classes]++;
-    by_group[slot] = static_cast<int64_t>(i);
-    rows[slot] = boxes_per_class ? cand[i].flat : cand[i].flat / num_classes;
+  std::vector<int64_t> rows(candidates.size()), labels(candidates.size());
+  for (size_t r = 0; r < candidates.size(); ++r) {
+    rows[r] = boxes_per_class ? candidates[r] : candidates[r] / num_classes;
+    labels[r] = opt.class_agnostic ? 0 : candidates[r] % num_classes;
   }
-  std::vector<uint8_t> keep_grouped;
-  nms_segments(boxes, rows, starts, opt.iou_threshold, keep_grouped);
-  std::vector<uint8_t> keep(cand.size(), 0);
-  for (size_t slot = 0; slot < cand.size(); ++slot) keep[by_group[slot]] = keep_grouped[slot];
+  const std::vector<uint8_t> keep = nms_ranked(boxes, rows, &labels, opt.iou_threshold);
 
   int64_t count = 0;
-  for (size_t i = 0; i < cand.size() && count < opt.max_per_image; ++i) {
-    if (!keep[i]) continue;
-    const T* b = boxes + 4 * (boxes_per_class ? cand[i].flat : cand[i].flat / num_classes);
-    std::copy(b, b + 4, out_boxes + 4 * count);
-    out_scores[count] = cand[i].score;
-    out_labels[count] = cand[i].flat % num_classes;
+  for (size_t r = 0; r < candidates.size() && count < opt.max_per_image; ++r) {
+    if (!keep[r]) continue;
+    std::copy(boxes + 4 * rows[r], boxes + 4 * rows[r] + 4, out_boxes + 4 * count);
+    out_scores[count] = scores[candidates[r]];
+    out_labels[count] = candidates[r] % num_classes;
     ++count;
   }
   for (int64_t d = count; d < opt.max_per_image; ++d) {

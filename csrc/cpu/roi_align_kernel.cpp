@@ -176,6 +176,10 @@ RoiTables<acc_t> build_tables(const at::Tensor& rois, const int64_t* levels, con
   return t;
 }
 
+// Items per parallel chunk, given a rough count of the multiply-adds of one item: small problems (and
+// the many tiny calls of gradcheck) stay on one thread.
+int64_t grain_for(int64_t work_per_item) { return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(work_per_item, 1)); }
+
 // Channels per block: 32 floats or 16 doubles, a few vector registers.
 constexpr int64_t kBlockBytes = 128;
 template <typename acc_t>
@@ -273,7 +277,7 @@ void pool_channels(const PoolJob<data_t, scalar_t>& job, int64_t c0, int64_t wid
   const auto& t = job.tables;
   const int64_t num_rois = static_cast<int64_t>(t.order.size()), bins = job.pooled_h * job.pooled_w;
   const auto pool = PYDET_PICK_VARIANT(pool_roi_block, data_t, scalar_t);
-  at::parallel_for(0, num_rois, 4, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, num_rois, grain_for(bins * width * 16), [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       if (t.level[k] < 0) {
         scalar_t* o = job.out + (k * job.channels + c0) * bins;
@@ -292,7 +296,7 @@ template <typename scalar_t, typename acc_t>
 void gather_channel_block(const scalar_t* src, int64_t batch_size, int64_t channels, int64_t height, int64_t width,
                           int64_t c0, int64_t block, acc_t* dst) {
   constexpr int64_t kTile = 16;
-  at::parallel_for(0, batch_size * height, 8, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, batch_size * height, grain_for(width * block), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / height, y = row % height;
       const scalar_t* s = src + ((n * channels + c0) * height + y) * width;
@@ -421,7 +425,8 @@ void backward_impl(const at::Tensor& grad, const RoiTables<at::opmath_type<scala
   const auto scatter = PYDET_PICK_VARIANT(scatter_roi_block, scalar_t);
   for (int64_t c0 = 0; c0 < channels; c0 += block) {
     const int64_t width = std::min(block, channels - c0);
-    at::parallel_for(0, static_cast<int64_t>(bands.size()), 1, [&](int64_t begin, int64_t end) {
+    const int64_t grain = grain_for(kBandRows * widest * width * 4);
+    at::parallel_for(0, static_cast<int64_t>(bands.size()), grain, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> buffer(kBandRows * widest * width);
       ScatterJob<scalar_t> job{t, shapes, grad.const_data_ptr<scalar_t>(), channels, pooled_h, pooled_w,
                                nullptr, buffer.data(), c0};

@@ -22,12 +22,12 @@ constexpr int kBoxTile = 256;
 // num_gt == nullptr means every image uses all max_boxes rows; device counts are clamped to [0, M]
 // because checking them would need a host synchronisation (the CPU kernel raises instead).
 template <typename scalar_t>
-__global__ void
-fcos_targets_kernel(const scalar_t* __restrict__ points, const scalar_t* __restrict__ strides,
-                    const scalar_t* __restrict__ size_ranges, int64_t num_points, const scalar_t* __restrict__ gt_boxes,
-                    const int64_t* __restrict__ gt_labels, const int64_t* __restrict__ num_gt, int64_t batch,
-                    int64_t max_boxes, int64_t num_classes, double radius, int64_t* __restrict__ labels,
-                    scalar_t* __restrict__ reg, int64_t* __restrict__ matched) {
+__global__ void fcos_targets_kernel(const scalar_t* __restrict__ points, const scalar_t* __restrict__ strides,
+                                    const scalar_t* __restrict__ size_ranges, int64_t num_points,
+                                    const scalar_t* __restrict__ gt_boxes, const int64_t* __restrict__ gt_labels,
+                                    const int64_t* __restrict__ num_gt, int64_t batch, int64_t max_boxes,
+                                    int64_t num_classes, double radius, int64_t* __restrict__ labels,
+                                    scalar_t* __restrict__ reg, int64_t* __restrict__ matched) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ FcosBox<acc_t> tile[kBoxTile];
   const bool center_sampling = radius > 0;
@@ -58,12 +58,7 @@ fcos_targets_kernel(const scalar_t* __restrict__ points, const scalar_t* __restr
             const FcosBox<acc_t> box = tile[j];
             if (fcos_is_candidate(p, box, center_sampling) && fcos_is_better(box.area, best, best_box.area)) {
               best = tile_start + j;
-              // Only what the targets need, to keep registers free of the unused centre.
-              best_box.x0 = box.x0;
-              best_box.y0 = box.y0;
-              best_box.x1 = box.x1;
-              best_box.y1 = box.y1;
-              best_box.area = box.area;
+              best_box = box;
             }
           }
         }

@@ -24,6 +24,7 @@ namespace pydet {
 namespace {
 
 using roi_align::AxisTaps;
+using roi_align::RoiFootprint;
 using roi_align::RoiGrid;
 
 constexpr int kMaxLevels = 8;
@@ -160,27 +161,6 @@ __global__ void roi_align_backward_atomic_kernel(Levels<at::opmath_type<scalar_t
 
 // ---- deterministic backward (gather) ----
 
-// Where a RoI's samples can land: image -1 when it pools nothing; rows [y0, y1] and columns [x0, x1]
-// (a superset, one pixel wider than the extreme samples' taps).
-struct RoiFootprint {
-  int32_t image, level, y0, y1, x0, x1;
-};
-
-// Rows [first, last] that samples of one axis can touch; first > last when none can.
-template <typename acc_t>
-__device__ void axis_footprint(acc_t start, acc_t bin, int64_t pooled, int64_t samples, int64_t size, int32_t& first,
-                               int32_t& last) {
-  first = 1;
-  last = 0;
-  if (samples == 0 || size == 0) return;
-  const acc_t a = roi_align::sample_coord(start, bin, int64_t(0), int64_t(0), samples);
-  const acc_t b = roi_align::sample_coord(start, bin, pooled - 1, samples - 1, samples);
-  const acc_t lo = a < b ? a : b, hi = a < b ? b : a;
-  if (!(lo <= static_cast<acc_t>(size) && hi >= acc_t(-1))) return;  // outside, or NaN
-  first = static_cast<int32_t>(max(floor(max(lo, acc_t(0))) - 1, acc_t(0)));
-  last = static_cast<int32_t>(min(floor(min(hi, static_cast<acc_t>(size))) + 2, static_cast<acc_t>(size - 1)));
-}
-
 template <typename acc_t>
 __global__ void roi_footprint_kernel(Levels<const void, acc_t> maps, const acc_t* __restrict__ rois,
                                      const int64_t* __restrict__ levels, int64_t num_rois, int64_t batch_size,
@@ -194,8 +174,8 @@ __global__ void roi_footprint_kernel(Levels<const void, acc_t> maps, const acc_t
     if (level >= 0) {
       const RoiGrid<acc_t> g =
           roi_align::make_roi_grid<acc_t>(roi + 1, maps.scale[level], pooled_h, pooled_w, sampling_ratio, aligned);
-      axis_footprint(g.start_y, g.bin_h, pooled_h, g.samples_y, maps.height[level], f.y0, f.y1);
-      axis_footprint(g.start_x, g.bin_w, pooled_w, g.samples_x, maps.width[level], f.x0, f.x1);
+      roi_align::axis_footprint(g.start_y, g.bin_h, pooled_h, g.samples_y, maps.height[level], f.y0, f.y1);
+      roi_align::axis_footprint(g.start_x, g.bin_w, pooled_w, g.samples_x, maps.width[level], f.x0, f.x1);
       if (f.y0 <= f.y1 && f.x0 <= f.x1) {
         f.image = static_cast<int32_t>(n);
         f.level = static_cast<int32_t>(level);
@@ -203,47 +183,6 @@ __global__ void roi_footprint_kernel(Levels<const void, acc_t> maps, const acc_t
     }
     out[k] = f;
   }
-}
-
-// Samples [first, last] (global index j = bin * samples + i along the axis) that may put weight on
-// pixel `pos`: those with coordinates in (pos - 1, pos + 1), plus [-1, 0] for pixel 0 and [size - 1, size]
-// for the last pixel, which clamping maps onto them. Widened by one sample; callers test each exactly.
-template <typename acc_t>
-__device__ void candidate_samples(acc_t start, acc_t bin, int64_t pooled, int64_t samples, int64_t size, int64_t pos,
-                                  int64_t& first, int64_t& last) {
-  const int64_t total = pooled * samples;
-  const acc_t step = bin / static_cast<acc_t>(samples);
-  const acc_t lo = pos == 0 ? acc_t(-1) : static_cast<acc_t>(pos - 1);
-  const acc_t hi = pos == size - 1 ? static_cast<acc_t>(size) : static_cast<acc_t>(pos + 1);
-  if (step == acc_t(0)) {  // every sample at `start`
-    first = 0;
-    last = (start >= lo && start <= hi) ? total - 1 : -1;
-    return;
-  }
-  acc_t a = (lo - start) / step - acc_t(0.5), b = (hi - start) / step - acc_t(0.5);
-  if (a > b) {
-    const acc_t t = a;
-    a = b;
-    b = t;
-  }
-  if (!(a <= static_cast<acc_t>(total) && b >= acc_t(-1))) {  // out of range, or NaN
-    first = 0;
-    last = -1;
-    return;
-  }
-  first = static_cast<int64_t>(max(floor(a) - 1, acc_t(0)));
-  last = static_cast<int64_t>(min(ceil(b) + 1, static_cast<acc_t>(total - 1)));
-}
-
-// Weight that sample `j` of an axis puts on pixel `pos` (0 when it lies outside the map).
-template <typename acc_t>
-__device__ __forceinline__ acc_t sample_weight_on(acc_t start, acc_t bin, int64_t samples, int64_t size, int64_t j,
-                                                  int64_t pos) {
-  AxisTaps<acc_t> t;
-  if (!roi_align::axis_taps(roi_align::sample_coord(start, bin, j / samples, j % samples, samples), size, t)) {
-    return acc_t(0);
-  }
-  return (t.low == pos ? t.w_low : acc_t(0)) + (t.high == pos ? t.w_high : acc_t(0));
 }
 
 constexpr int kTileW = 32, kTileH = 8, kGatherThreads = kTileW * kTileH, kGatherChannels = 16;
@@ -300,22 +239,22 @@ __global__ void __launch_bounds__(kGatherThreads)
       const RoiGrid<acc_t> g = roi_align::make_roi_grid<acc_t>(rois + 5 * r + 1, grads.scale[level], pooled_h,
                                                                pooled_w, sampling_ratio, aligned);
       int64_t jy0, jy1, jx0, jx1;
-      candidate_samples(g.start_y, g.bin_h, pooled_h, g.samples_y, height, y, jy0, jy1);
-      candidate_samples(g.start_x, g.bin_w, pooled_w, g.samples_x, width, x, jx0, jx1);
+      roi_align::candidate_samples(g.start_y, g.bin_h, pooled_h, g.samples_y, height, y, jy0, jy1);
+      roi_align::candidate_samples(g.start_x, g.bin_w, pooled_w, g.samples_x, width, x, jx0, jx1);
       const scalar_t* gr = grad + (r * channels + c0) * bins;
       // Samples come bin by bin, so the weight of each bin is summed over a run of consecutive j.
       for (int64_t jy = jy0; jy <= jy1;) {
         const int64_t ph = jy / g.samples_y;
         acc_t wy = 0;
         for (; jy <= jy1 && jy / g.samples_y == ph; ++jy) {
-          wy += sample_weight_on(g.start_y, g.bin_h, g.samples_y, height, jy, y);
+          wy += roi_align::sample_weight_on(g.start_y, g.bin_h, g.samples_y, height, jy, y);
         }
         if (wy == acc_t(0)) continue;
         for (int64_t jx = jx0; jx <= jx1;) {
           const int64_t pw = jx / g.samples_x;
           acc_t wx = 0;
           for (; jx <= jx1 && jx / g.samples_x == pw; ++jx) {
-            wx += sample_weight_on(g.start_x, g.bin_w, g.samples_x, width, jx, x);
+            wx += roi_align::sample_weight_on(g.start_x, g.bin_w, g.samples_x, width, jx, x);
           }
           if (wx == acc_t(0)) continue;
           const acc_t w = wy * wx / g.count;

@@ -37,4 +37,7 @@ def build(name: str, **kwargs) -> nn.Module:
 
 
 # Each model module registers its factories on import.
+from .generalized_rcnn import faster_rcnn_resnet18_fpn, faster_rcnn_resnet50_fpn, mask_rcnn_resnet18_fpn, mask_rcnn_resnet50_fpn  # noqa: E402,F401
+from .centermask2 import CenterMask2, centermask2  # noqa: E402
+from .yolov7 import yolov7, yolov7_tiny  # noqa: E402,F401  (registers yolov7, yolov7_tiny, yolov7_tiny_320)
 __all__ = ["available", "build", "register"]

@@ -19,6 +19,7 @@ Reference: pydet/reference/fcos_targets.py.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Sequence
 
 import torch
@@ -54,12 +55,17 @@ def _common_args(points, strides, size_ranges, num_classes, center_sampling_radi
     num_points = points.shape[0]
     strides = _per_point(strides, "strides", points, (num_points,))
     size_ranges = _per_point(size_ranges, "size_ranges", points, (num_points, 2))
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+    try:
+        valid = not isinstance(num_classes, bool) and operator.index(num_classes) >= 0
+    except TypeError:
+        valid = False
+    if not valid:
         raise ValueError(f"num_classes must be a non-negative int, got {num_classes!r}")
+    num_classes = operator.index(num_classes)
     radius = check_float(center_sampling_radius, "center_sampling_radius", low=0.0)
     if math.isinf(radius):
         raise ValueError("center_sampling_radius must be finite")
-    return strides, size_ranges, radius
+    return strides, size_ranges, num_classes, radius
 
 
 def _check_gt_boxes(gt_boxes, points, dims):
@@ -76,7 +82,8 @@ def fcos_targets(points: Tensor, strides: Tensor, size_ranges: Tensor, gt_boxes:
 
     Returns ``labels [L]`` int64, ``reg_targets [L, 4]`` in points' dtype and ``matched_gt [L]`` int64.
     """
-    strides, size_ranges, radius = _common_args(points, strides, size_ranges, num_classes, center_sampling_radius)
+    strides, size_ranges, num_classes, radius = _common_args(points, strides, size_ranges, num_classes,
+                                                             center_sampling_radius)
     check_boxes(gt_boxes, "gt_boxes")
     _check_gt_boxes(gt_boxes, points, 2)
     gt_labels = _labels(gt_labels, "gt_labels", (gt_boxes.shape[0],), points)
@@ -95,7 +102,8 @@ def fcos_targets_batched(points: Tensor, strides: Tensor, size_ranges: Tensor,
     with ``matched_gt`` indexing each image's own boxes. On CUDA, ``num_gt`` values outside ``[0, M]``
     are clamped into it (checking would synchronise with the host); on CPU they raise.
     """
-    strides, size_ranges, radius = _common_args(points, strides, size_ranges, num_classes, center_sampling_radius)
+    strides, size_ranges, num_classes, radius = _common_args(points, strides, size_ranges, num_classes,
+                                                             center_sampling_radius)
     if isinstance(gt_boxes, (list, tuple)):
         if num_gt is not None:
             raise ValueError("num_gt must be None when gt_boxes is a list (it is taken from the list)")

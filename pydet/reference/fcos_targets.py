@@ -1,6 +1,9 @@
 """Reference FCOS target assignment in float64: AdelaiDet's ``compute_targets_for_locations`` and
 ``get_sample_region`` written out with [L, M] tensors, plus explicit tie-breaking (smallest area,
-then lowest index) and zero ``reg_targets`` / ``matched_gt = -1`` for unmatched points."""
+then lowest index) and zero ``reg_targets`` / ``matched_gt = -1`` for unmatched points.
+
+Deliberately not reproduced: AdelaiDet returns no positives at all when the first box's centre x is 0
+(its "no gt" test sums that one coordinate), and gives unmatched points box 0's distances."""
 import torch
 
 

@@ -59,10 +59,11 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
             continue
         yl, yh, wyl, wyh, vy = _axis(start_y, roi_h / pooled_h, pooled_h, sy, height)  # [ph, sy]
         xl, xh, wxl, wxh, vx = _axis(start_x, roi_w / pooled_w, pooled_w, sx, width)  # [pw, sx]
-        plane = x[int(n)]
+        plane = x[int(n)].reshape(channels, height * width)
 
         def tap(rows, cols):  # [C, ph, sy, pw, sx]
-            return plane[:, rows.reshape(-1)][:, :, cols.reshape(-1)].reshape(channels, pooled_h, sy, pooled_w, sx)
+            index = rows.reshape(-1, 1) * width + cols.reshape(1, -1)
+            return plane.index_select(1, index.reshape(-1)).reshape(channels, pooled_h, sy, pooled_w, sx)
 
         wy_l, wy_h = wyl[:, :, None, None], wyh[:, :, None, None]
         wx_l, wx_h = wxl[None, None], wxh[None, None]

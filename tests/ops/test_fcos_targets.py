@@ -248,6 +248,16 @@ def test_batched_num_gt_out_of_range_raises_on_cpu():
             ops.fcos_targets_batched(points, strides, ranges, boxes, labels, bad, NUM_CLASSES)
 
 
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_batched_num_gt_is_clamped_on_cuda():
+    points, strides, ranges = (t.cuda() for t in _levels())
+    boxes, labels = _random_gt(10, m=5)
+    boxes, labels = boxes.repeat(2, 1, 1).cuda(), labels.repeat(2, 1).cuda()
+    clamped = ops.fcos_targets_batched(points, strides, ranges, boxes, labels, [7, -1], NUM_CLASSES)
+    in_range = ops.fcos_targets_batched(points, strides, ranges, boxes, labels, [5, 0], NUM_CLASSES)
+    assert all(torch.equal(a, b) for a, b in zip(clamped, in_range))
+
+
 def _args(**overrides):
     points, strides, ranges = _levels()
     boxes, labels = _random_gt(0, m=5)

@@ -249,14 +249,14 @@ def test_bad_arguments_raise_clear_errors(call, match):
         call()
 
 
-@requires_cuda
-def test_devices_must_match():
+@pytest.mark.parametrize("other", ["meta"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_devices_must_match(other):
     with pytest.raises(ValueError, match="scores"):
-        ops.nms(torch.zeros(3, 4), torch.zeros(3, device="cuda"), 0.5)
+        ops.nms(torch.zeros(3, 4), torch.zeros(3, device=other), 0.5)
     with pytest.raises(ValueError, match="idxs"):
-        ops.batched_nms(torch.zeros(3, 4), torch.zeros(3), torch.zeros(3, dtype=torch.int64, device="cuda"), 0.5)
+        ops.batched_nms(torch.zeros(3, 4), torch.zeros(3), torch.zeros(3, dtype=torch.int64, device=other), 0.5)
     with pytest.raises(ValueError, match="scores"):
-        ops.multiclass_nms(torch.zeros(1, 3, 4), torch.zeros(1, 3, 2, device="cuda"), 0.1, 0.5, 5)
+        ops.multiclass_nms(torch.zeros(1, 3, 4), torch.zeros(1, 3, 2, device=other), 0.1, 0.5, 5)
 
 
 def test_kernels_check_arguments_without_the_wrapper():

@@ -121,15 +121,17 @@ def test_degenerate_and_non_finite_boxes_paste_nothing(device):
 def test_far_coordinates(device):
     # Boxes around x = 1e5 on a wide image: float32 coordinates still sample the right cells.
     g = torch.Generator().manual_seed(4)
-    masks = torch.rand(6, 13, 17, generator=g)
-    x0 = 100_000 + torch.rand(6, generator=g) * 60
-    y0 = torch.rand(6, generator=g) * 40
-    boxes = torch.stack([x0, y0, x0 + 1 + torch.rand(6, generator=g) * 30, y0 + 1 + torch.rand(6, generator=g) * 20], 1)
-    out = ops.paste_masks(masks.to(device), boxes.to(device), (60, 100_100), threshold=None)
+    n, height = 4, 30
+    masks = torch.rand(n, 13, 17, generator=g)
+    x0 = 100_000 + torch.rand(n, generator=g) * 60
+    y0 = torch.rand(n, generator=g) * 15
+    boxes = torch.stack([x0, y0, x0 + 1 + torch.rand(n, generator=g) * 30, y0 + 1 + torch.rand(n, generator=g) * 12],
+                        dim=1)
+    out = ops.paste_masks(masks.to(device), boxes.to(device), (height, 100_100), threshold=None)
     window = out[:, :, 100_000 - 20:].cpu()
-    ys = torch.arange(60).repeat_interleave(120).expand(6, -1)
-    xs = torch.arange(100_000 - 20, 100_100).repeat(60).expand(6, -1)
-    torch.testing.assert_close(window.reshape(6, -1).double(), ref.sample_pasted(masks, boxes, ys, xs),
+    ys = torch.arange(height).repeat_interleave(120).expand(n, -1)
+    xs = torch.arange(100_000 - 20, 100_100).repeat(height).expand(n, -1)
+    torch.testing.assert_close(window.reshape(n, -1).double(), ref.sample_pasted(masks, boxes, ys, xs),
                                rtol=0, atol=1e-5)
     assert window.gt(0).any(dim=2).any(dim=1).all()
     assert out[:, :, :100_000 - 20].eq(0).all()

@@ -1,0 +1,173 @@
+"""Faster R-CNN and Mask R-CNN with a ResNet-FPN backbone (torchvision's ``GeneralizedRCNN``).
+
+``faster_rcnn_resnet50_fpn`` / ``mask_rcnn_resnet50_fpn`` have torchvision's architecture, defaults and
+parameter names: a torchvision state dict passed through ``pydet.convert.from_torchvision`` loads with
+``strict=True`` and gives the same detections. The ``*_resnet18_fpn`` presets are small models for
+training from scratch on a CPU (short side 320, narrower heads, whole backbone trainable).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .. import ops
+from ..modeling.anchor_generator import AnchorGenerator
+from ..modeling.backbones.resnet import resnet_fpn_backbone
+from ..modeling.poolers import MultiScaleRoIAlign
+from ..modeling.roi_heads import FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor, RoIHeads, TwoMLPHead
+from ..modeling.rpn import RegionProposalNetwork, RPNHead
+from ..modeling.transform import IMAGENET_MEAN, IMAGENET_STD, GeneralizedRCNNTransform, check_images_and_targets
+from . import register
+
+
+class GeneralizedRCNN(nn.Module):
+    """transform -> backbone -> RPN -> RoI heads, with torchvision's calling convention.
+
+    Training (``model.train()``, targets required): returns ``loss_classifier``, ``loss_box_reg``,
+    ``loss_objectness``, ``loss_rpn_box_reg`` (and ``loss_mask``). Images may have no ground-truth box
+    (all their samples are negatives). A ground-truth box with zero or negative width or height, or a
+    non-finite coordinate, raises ``ValueError`` naming the image and the box (as torchvision does); so
+    does a label outside ``[0, num_classes)``.
+
+    Eval: one dict per image with ``boxes [D, 4]`` in the input image's pixels, ``scores [D]``,
+    ``labels [D]`` int64 and for mask models ``masks [D, 1, H, W]`` float probabilities pasted into the
+    input image with ``pydet.ops.paste_masks``.
+    """
+
+    def __init__(self, transform: GeneralizedRCNNTransform, backbone: nn.Module, rpn: RegionProposalNetwork,
+                 roi_heads: RoIHeads, num_classes: int):
+        super().__init__()
+        self.transform = transform
+        self.backbone = backbone
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+        self.num_classes = num_classes
+
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
+        if self.training:
+            if targets is None:
+                raise ValueError("targets are required in training mode")
+            check_images_and_targets(images, targets, need_masks=self.roi_heads.has_mask)
+            self._check_targets(images, targets)
+        else:
+            check_images_and_targets(images, None)
+            targets = None
+        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        batch, targets = self.transform(images, targets)
+        features = self.backbone(batch.tensors)
+        proposals, rpn_losses = self.rpn(batch, features, targets)
+        detections, head_losses = self.roi_heads(features, proposals, batch.image_sizes, targets)
+        if self.training:
+            return {**head_losses, **rpn_losses}
+        detections = self.transform.postprocess(detections, batch.image_sizes, original_sizes)
+        for det, size in zip(detections, original_sizes):
+            if "masks" in det:
+                det["masks"] = ops.paste_masks(det["masks"][:, 0], det["boxes"], size, threshold=None)[:, None]
+        return detections
+
+    def _check_targets(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> None:
+        for i, (image, t) in enumerate(zip(images, targets)):
+            if "masks" in t and t["masks"].shape[-2:] != image.shape[-2:]:
+                raise ValueError(f"targets[{i}]['masks'] must have the image's size {tuple(image.shape[-2:])}, "
+                                 f"got {tuple(t['masks'].shape[-2:])}")
+        boxes = torch.cat([t["boxes"] for t in targets])
+        labels = torch.cat([t["labels"] for t in targets])
+        bad_box = ~(boxes[:, 2:] > boxes[:, :2]).all(dim=1)  # also catches NaN
+        bad_label = (labels < 0) | (labels >= self.num_classes)
+        any_bad_box, any_bad_label = torch.stack([bad_box.any(), bad_label.any()]).tolist()  # one read-back
+        if not (any_bad_box or any_bad_label):
+            return
+        image_of = torch.repeat_interleave(torch.arange(len(targets)), torch.tensor([len(t["boxes"]) for t in targets]))
+        first = int(torch.nonzero(bad_box if any_bad_box else bad_label)[0])
+        where = f"targets[{int(image_of[first])}]"
+        if any_bad_box:
+            raise ValueError(f"{where} has a box without positive width and height: {boxes[first].tolist()} "
+                             "(boxes are xyxy with x2 > x1 and y2 > y1)")
+        raise ValueError(f"{where} has label {int(labels[first])}, outside [0, {self.num_classes})")
+
+
+_TORCHVISION_DEFAULTS: dict[str, Any] = {
+    "min_size": 800, "max_size": 1333, "image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD,
+    "rpn_pre_nms_top_n_train": 2000, "rpn_pre_nms_top_n_test": 1000,
+    "rpn_post_nms_top_n_train": 2000, "rpn_post_nms_top_n_test": 1000,
+    "rpn_nms_thresh": 0.7, "rpn_fg_iou_thresh": 0.7, "rpn_bg_iou_thresh": 0.3,
+    "rpn_batch_size_per_image": 256, "rpn_positive_fraction": 0.5, "rpn_score_thresh": 0.0,
+    "box_score_thresh": 0.05, "box_nms_thresh": 0.5, "box_detections_per_img": 100,
+    "box_fg_iou_thresh": 0.5, "box_bg_iou_thresh": 0.5, "box_batch_size_per_image": 512,
+    "box_positive_fraction": 0.25, "bbox_reg_weights": None, "trainable_backbone_layers": 3,
+}
+
+# Small presets train from scratch: every backbone stage trains, and fewer proposals and RoIs keep a
+# CPU step short.
+_SMALL_DEFAULTS: dict[str, Any] = {
+    **_TORCHVISION_DEFAULTS, "min_size": 320, "max_size": 533, "trainable_backbone_layers": 5,
+    "rpn_pre_nms_top_n_train": 1000, "rpn_post_nms_top_n_train": 1000,
+    "rpn_pre_nms_top_n_test": 500, "rpn_post_nms_top_n_test": 500, "box_batch_size_per_image": 256,
+}
+
+
+def build_rcnn(*, depth: int, num_classes: int, with_masks: bool, defaults: dict[str, Any],
+               overrides: dict[str, Any], fpn_channels: int = 256, representation_size: int = 1024,
+               mask_channels: int = 256) -> GeneralizedRCNN:
+    """Assemble a Faster (or Mask) R-CNN; ``overrides`` use torchvision's keyword names."""
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s) {', '.join(map(repr, unknown))}; accepted: "
+                        f"{', '.join(sorted(defaults))}")
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2 (background included), got {num_classes!r}")
+    cfg = {**defaults, **overrides}
+    backbone = resnet_fpn_backbone(depth, trainable_layers=cfg["trainable_backbone_layers"], out_channels=fpn_channels)
+    anchors = AnchorGenerator(((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),))
+    rpn = RegionProposalNetwork(
+        anchors, RPNHead(fpn_channels, anchors.num_anchors_per_location()[0]),
+        fg_iou_thresh=cfg["rpn_fg_iou_thresh"], bg_iou_thresh=cfg["rpn_bg_iou_thresh"],
+        batch_size_per_image=cfg["rpn_batch_size_per_image"], positive_fraction=cfg["rpn_positive_fraction"],
+        pre_nms_top_n_train=cfg["rpn_pre_nms_top_n_train"], pre_nms_top_n_test=cfg["rpn_pre_nms_top_n_test"],
+        post_nms_top_n_train=cfg["rpn_post_nms_top_n_train"], post_nms_top_n_test=cfg["rpn_post_nms_top_n_test"],
+        nms_thresh=cfg["rpn_nms_thresh"], score_thresh=cfg["rpn_score_thresh"])
+    levels = ["0", "1", "2", "3"]
+    mask_parts = {}
+    if with_masks:
+        mask_parts = {"mask_roi_pool": MultiScaleRoIAlign(levels, 14, 2),
+                      "mask_head": MaskRCNNHeads(fpn_channels, (mask_channels,) * 4),
+                      "mask_predictor": MaskRCNNPredictor(mask_channels, mask_channels, num_classes)}
+    roi_heads = RoIHeads(
+        MultiScaleRoIAlign(levels, 7, 2), TwoMLPHead(fpn_channels * 7 * 7, representation_size),
+        FastRCNNPredictor(representation_size, num_classes),
+        fg_iou_thresh=cfg["box_fg_iou_thresh"], bg_iou_thresh=cfg["box_bg_iou_thresh"],
+        batch_size_per_image=cfg["box_batch_size_per_image"], positive_fraction=cfg["box_positive_fraction"],
+        bbox_reg_weights=cfg["bbox_reg_weights"], score_thresh=cfg["box_score_thresh"],
+        nms_thresh=cfg["box_nms_thresh"], detections_per_img=cfg["box_detections_per_img"], **mask_parts)
+    transform = GeneralizedRCNNTransform(cfg["min_size"], cfg["max_size"], cfg["image_mean"], cfg["image_std"])
+    return GeneralizedRCNN(transform, backbone, rpn, roi_heads, num_classes)
+
+
+@register("faster_rcnn_resnet50_fpn")
+def faster_rcnn_resnet50_fpn(num_classes: int = 91, **overrides) -> GeneralizedRCNN:
+    """torchvision's ``fasterrcnn_resnet50_fpn`` (41,755,286 parameters at 91 classes)."""
+    return build_rcnn(depth=50, num_classes=num_classes, with_masks=False, defaults=_TORCHVISION_DEFAULTS,
+                      overrides=overrides)
+
+
+@register("mask_rcnn_resnet50_fpn")
+def mask_rcnn_resnet50_fpn(num_classes: int = 91, **overrides) -> GeneralizedRCNN:
+    """torchvision's ``maskrcnn_resnet50_fpn`` (44,401,393 parameters at 91 classes)."""
+    return build_rcnn(depth=50, num_classes=num_classes, with_masks=True, defaults=_TORCHVISION_DEFAULTS,
+                      overrides=overrides)
+
+
+@register("faster_rcnn_resnet18_fpn")
+def faster_rcnn_resnet18_fpn(num_classes: int = 91, **overrides) -> GeneralizedRCNN:
+    """Small Faster R-CNN: ResNet-18, 128-channel FPN, 512-wide box head, short side 320."""
+    return build_rcnn(depth=18, num_classes=num_classes, with_masks=False, defaults=_SMALL_DEFAULTS,
+                      overrides=overrides, fpn_channels=128, representation_size=512)
+
+
+@register("mask_rcnn_resnet18_fpn")
+def mask_rcnn_resnet18_fpn(num_classes: int = 91, **overrides) -> GeneralizedRCNN:
+    """Small Mask R-CNN: the small Faster R-CNN plus a 128-channel mask head."""
+    return build_rcnn(depth=18, num_classes=num_classes, with_masks=True, defaults=_SMALL_DEFAULTS,
+                      overrides=overrides, fpn_channels=128, representation_size=512, mask_channels=128)

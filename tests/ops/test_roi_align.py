@@ -1,0 +1,427 @@
+import pytest
+import torch
+
+from pydet import ops
+from pydet.ops.roi_align import fpn_levels
+from pydet.reference import roi_align as ref
+from tests.conftest import SEEDS, random_boxes, requires_cuda
+
+OUTPUT_SIZES = [1, (2, 5), 7]
+
+
+def _tol(dtype):
+    return dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+
+
+def _problem(seed, *, batch=2, channels=3, height=20, width=24, num_boxes=24, dtype=torch.float64, scale=0.25):
+    """Feature maps and [K, 5] rois in image pixels (feature size / scale), some of them past the border."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, channels, height, width, generator=g, dtype=torch.float64).to(dtype)
+    image = max(height, width) / scale
+    boxes = random_boxes(num_boxes, image_size=image * 1.2, max_side=image * 0.6, generator=g, dtype=torch.float64)
+    boxes -= image * 0.1
+    index = torch.randint(0, batch, (num_boxes, 1), generator=g).double()
+    return x, torch.cat([index, boxes], dim=1).to(dtype), g
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [-1, 0, 1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_forward_matches_reference(seed, aligned, sampling_ratio, dtype, device):
+    x, rois, _ = _problem(seed, dtype=dtype)
+    for output_size in OUTPUT_SIZES:
+        out = ops.roi_align(x.to(device), rois.to(device), output_size, 0.25, sampling_ratio, aligned)
+        expected = ref.roi_align(x, rois, output_size, 0.25, sampling_ratio, aligned)
+        assert out.dtype == dtype and out.shape == expected.shape
+        torch.testing.assert_close(out.cpu().double(), expected, **_tol(dtype))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_list_of_boxes_equals_tensor_form(seed, device):
+    x, rois, _ = _problem(seed, dtype=torch.float32)
+    x, rois = x.to(device), rois.to(device)
+    per_image = [rois[rois[:, 0] == i, 1:] for i in range(x.shape[0])]
+    as_list = ops.roi_align(x, per_image, (3, 4), 0.25, 2)
+    as_tensor = ops.roi_align(x, torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], 1)
+                                            for i, b in enumerate(per_image)]), (3, 4), 0.25, 2)
+    torch.testing.assert_close(as_list, as_tensor, rtol=0, atol=0)
+    # fewer lists than images is fine (the later images have no boxes)
+    assert ops.roi_align(x, per_image[:1], 2, 0.25).shape == (per_image[0].shape[0], x.shape[1], 2, 2)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [-1, 2])
+def test_backward_matches_reference_autograd(seed, aligned, sampling_ratio, device):
+    x, rois, g = _problem(seed)
+    grad_out = torch.randn(rois.shape[0], x.shape[1], 3, 4, generator=g, dtype=torch.float64)
+    xr = x.clone().requires_grad_()
+    ref.roi_align(xr, rois, (3, 4), 0.25, sampling_ratio, aligned).backward(grad_out)
+    xd = x.to(device).detach().requires_grad_()
+    ops.roi_align(xd, rois.to(device), (3, 4), 0.25, sampling_ratio, aligned).backward(grad_out.to(device))
+    torch.testing.assert_close(xd.grad.cpu(), xr.grad, rtol=1e-10, atol=1e-10)
+    # float32 with float32 accumulation
+    xf = x.float().to(device).requires_grad_()
+    ops.roi_align(xf, rois.float().to(device), (3, 4), 0.25, sampling_ratio, aligned).backward(
+        grad_out.float().to(device))
+    torch.testing.assert_close(xf.grad.cpu().double(), xr.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_gradcheck(aligned, device):
+    x, rois, _ = _problem(0, batch=2, channels=2, height=6, width=7, num_boxes=5)
+    x = x.to(device).requires_grad_()
+    rois = rois.to(device)
+    for sampling_ratio in (-1, 2):
+        fn = lambda inp: ops.roi_align(inp, rois, (2, 3), 0.25, sampling_ratio, aligned)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, (x,))
+    assert torch.autograd.gradgradcheck(lambda inp: ops.roi_align(inp, rois, 2, 0.25, 2, aligned), (x,))
+
+
+def test_cpu_backward_is_deterministic():
+    x, rois, g = _problem(1, channels=40, num_boxes=60)
+    grad_out = torch.randn(rois.shape[0], 40, 7, 7, generator=g)
+    rois = rois.float()
+    args = (rois, 0.25, 7, 7, x.shape[0], 40, x.shape[2], x.shape[3], 2, False)
+    first = torch.ops.pydet.roi_align_backward(grad_out, *args)
+    assert torch.equal(first, torch.ops.pydet.roi_align_backward(grad_out, *args))
+    threads = torch.get_num_threads()
+    try:  # the summation order does not depend on the number of threads either
+        torch.set_num_threads(1)
+        assert torch.equal(first, torch.ops.pydet.roi_align_backward(grad_out, *args))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_zero_rois(device):
+    x = torch.randn(2, 3, 8, 9, device=device, requires_grad=True)
+    out = ops.roi_align(x, torch.zeros(0, 5, device=device), (2, 3))
+    assert out.shape == (0, 3, 2, 3)
+    out.sum().backward()
+    assert x.grad.shape == x.shape and not x.grad.any()
+    assert ops.roi_align(x, [torch.zeros(0, 4, device=device)] * 2, 4).shape == (0, 3, 4, 4)
+
+
+def test_empty_and_inverted_boxes_follow_torchvision(device):
+    x, _, _ = _problem(2, batch=1)
+    x = x.to(device)
+    rois = torch.tensor([[0, 20.0, 20.0, 20.0, 20.0],    # empty
+                         [0, 30.0, 40.0, 10.0, 12.0],    # inverted
+                         [0, 10.0, 10.0, 10.0, 50.0]],   # zero width
+                        dtype=torch.float64, device=device)
+    for aligned in (False, True):
+        for sampling_ratio in (-1, 2):
+            out = ops.roi_align(x, rois, 3, 0.25, sampling_ratio, aligned)
+            torch.testing.assert_close(out.cpu(), ref.roi_align(x.cpu(), rois.cpu(), 3, 0.25, sampling_ratio, aligned))
+    # aligned=False forces RoIs to at least 1x1 pixel: an empty box still pools the pixel at its corner
+    assert ops.roi_align(x, rois[:1], 3, 0.25, -1, False).abs().sum() > 0
+    # aligned=True with adaptive sampling: an empty box takes no samples, so zeros and no gradient
+    xg = x.clone().requires_grad_()
+    out = ops.roi_align(xg, rois[:1], 3, 0.25, -1, True)
+    assert not out.any()
+    out.sum().backward()
+    assert not xg.grad.any()
+
+
+def test_boxes_outside_the_map(device):
+    x, _, _ = _problem(3, batch=1)
+    x = x.to(device).requires_grad_()
+    rois = torch.tensor([[0, -400.0, -300.0, -100.0, -50.0],   # wholly outside, above-left
+                         [0, 500.0, 500.0, 900.0, 700.0],      # wholly outside, below-right
+                         [0, -40.0, -30.0, 30.0, 40.0],        # partly outside
+                         [0, 60.0, 50.0, 140.0, 120.0]],       # crossing the bottom-right border
+                        dtype=torch.float64, device=device)
+    out = ops.roi_align(x, rois, 4, 0.25, 2)
+    assert not out[:2].any()
+    torch.testing.assert_close(out.detach().cpu(), ref.roi_align(x.detach().cpu(), rois.cpu(), 4, 0.25, 2))
+    out[:2].sum().backward()
+    assert not x.grad.any()
+
+
+def test_nan_and_inf_boxes_give_zeros(device):
+    x = torch.randn(1, 2, 10, 10, dtype=torch.float64, device=device, requires_grad=True)
+    nan, inf = float("nan"), float("inf")
+    rois = torch.tensor([[0, nan, 1.0, 5.0, 5.0], [0, 1.0, 1.0, nan, nan], [0, 1.0, 1.0, 5.0, inf],
+                         [0, -inf, -inf, inf, inf], [0, 1.0, 1.0, 6.0, 6.0]], dtype=torch.float64, device=device)
+    for sampling_ratio in (-1, 2):
+        for aligned in (False, True):
+            out = ops.roi_align(x, rois, 3, 1.0, sampling_ratio, aligned)
+            assert torch.isfinite(out).all() and not out[:4].any()
+            assert out[4].abs().sum() > 0
+            (grad,) = torch.autograd.grad(out[:4].sum(), x)
+            assert not grad.any()
+
+
+def test_huge_boxes_with_adaptive_sampling_finish(device):
+    # ceil(2e6 / 7) samples per bin side would be 285715: capped at 65536, all but a few outside the map
+    x = torch.randn(1, 2, 10, 10, device=device)
+    out = ops.roi_align(x, torch.tensor([[0, -1e6, -1e6, 1e6, 1e6], [0, 0.0, 0.0, 1e30, 1e30]], device=device), 7)
+    assert torch.isfinite(out).all() and out.abs().max() < 1e-6
+
+
+def test_far_coordinates(device):
+    x, _, _ = _problem(4, batch=1, dtype=torch.float32)
+    x = x.to(device)
+    rois = torch.tensor([[0, 1e5, 1e5, 1e5 + 50, 1e5 + 80], [0, 0.0, 0.0, 2e5, 1.6e5]], device=device)
+    out = ops.roi_align(x, rois, 3, 1e-4, 2)  # the second box covers the whole map at this scale
+    torch.testing.assert_close(out.cpu().double(), ref.roi_align(x.cpu(), rois.cpu(), 3, 1e-4, 2), rtol=1e-5,
+                               atol=1e-5)
+    assert not ops.roi_align(x, rois[:1], 3, 1.0, 2).any()  # far outside the map at scale 1
+
+
+def test_non_contiguous_and_channels_last(device):
+    x, rois, _ = _problem(5, channels=40, dtype=torch.float32)
+    x, rois = x.to(device), rois.to(device)
+    expected = ops.roi_align(x, rois, 5, 0.25, 2)
+    channels_last = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(ops.roi_align(channels_last, rois, 5, 0.25, 2), expected)
+    wide = torch.cat([x, x], dim=3)[..., ::2]  # strided view with other values
+    torch.testing.assert_close(ops.roi_align(wide, rois, 5, 0.25, 2),
+                               ops.roi_align(wide.contiguous(), rois, 5, 0.25, 2))
+    strided_rois = torch.cat([rois, rois], dim=1)[:, ::2]
+    torch.testing.assert_close(ops.roi_align(x, strided_rois, 5, 0.25, 2),
+                               ops.roi_align(x, strided_rois.contiguous(), 5, 0.25, 2))
+    xg = channels_last.clone().requires_grad_()
+    ops.roi_align(xg, rois, 5, 0.25, 2).sum().backward()
+    xc = x.clone().requires_grad_()
+    ops.roi_align(xc, rois, 5, 0.25, 2).sum().backward()
+    torch.testing.assert_close(xg.grad, xc.grad)
+
+
+def test_degenerate_maps(device):
+    rois = torch.tensor([[0, 0.0, 0.0, 4.0, 4.0]], device=device)
+    assert not ops.roi_align(torch.randn(1, 2, 0, 5, device=device), rois, 2).any()
+    assert ops.roi_align(torch.randn(1, 0, 5, 5, device=device), rois, 2).shape == (1, 0, 2, 2)
+    one_pixel = torch.full((1, 1, 1, 1), 3.0, device=device)
+    assert torch.equal(ops.roi_align(one_pixel, rois, 2, 0.25, 2), torch.full((1, 1, 2, 2), 3.0, device=device))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_accumulates_in_float(dtype, device):
+    x, rois, g = _problem(6, channels=8, dtype=torch.float32)
+    x_half = x.to(dtype)
+    out = ops.roi_align(x_half.to(device), rois.to(device), 4, 0.25, 2)
+    assert out.dtype == dtype
+    expected = ref.roi_align(x_half.double(), rois, 4, 0.25, 2).to(dtype)
+    torch.testing.assert_close(out.cpu(), expected, rtol=1e-2, atol=1e-2)
+    xg = x_half.to(device).detach().requires_grad_()
+    grad_out = torch.randn(out.shape, generator=g).to(dtype)
+    ops.roi_align(xg, rois.to(device), 4, 0.25, 2).backward(grad_out.to(device))
+    xr = x_half.double().requires_grad_()
+    ref.roi_align(xr, rois, 4, 0.25, 2).backward(grad_out.double())
+    assert xg.grad.dtype == dtype
+    torch.testing.assert_close(xg.grad.cpu().double(), xr.grad, rtol=1e-2, atol=1e-2)
+
+
+def test_rois_may_have_another_floating_dtype(device):
+    x, rois, _ = _problem(7, dtype=torch.float32)
+    torch.testing.assert_close(ops.roi_align(x.to(device), rois.double().to(device), 3, 0.25),
+                               ops.roi_align(x.to(device), rois.to(device), 3, 0.25))
+
+
+def test_autocast_runs_in_float32_and_returns_the_input_dtype():
+    x, rois, _ = _problem(8, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ops.roi_align(x, rois, 3, 0.25).dtype == torch.float32
+        out = ops.roi_align(x.bfloat16(), rois.bfloat16(), 3, 0.25)
+    assert out.dtype == torch.bfloat16
+    expected = ops.roi_align(x.bfloat16().float(), rois.bfloat16().float(), 3, 0.25).bfloat16()
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    xg = x.bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ops.roi_align(xg, rois, 3, 0.25).sum().backward()
+    assert xg.grad.dtype == torch.bfloat16 and xg.grad.any()
+
+
+BAD_CALLS = [
+    (lambda: ops.roi_align(torch.zeros(2, 3, 4), torch.zeros(1, 5), 2), ValueError, "input"),
+    (lambda: ops.roi_align(torch.zeros(1, 3, 4, 4, dtype=torch.int64), torch.zeros(1, 5), 2), ValueError, "input"),
+    (lambda: ops.roi_align(torch.zeros(1, 3, 4, 4), torch.zeros(2, 4), 2), ValueError, "boxes"),
+    (lambda: ops.roi_align(torch.zeros(1, 3, 4, 4), [torch.zeros(2, 5)], 2), ValueError, "boxes"),
+    (lambda: ops.roi_align(torch.zeros(1, 3, 4, 4), [torch.zeros(2, 4)] * 2, 2), ValueError, "batch"),
+    (lambda: ops.roi_align(torch.zeros(1, 3, 4, 4), [], 2), ValueError, "boxes"),
+    (lambda: ops.roi_align(torch.zeros(1, 3, 4, 4), "boxes", 2), TypeError, "boxes"),
+    (lambda: ops.roi_align(torch.zeros(1, 3, 4, 4), torch.zeros(1, 5), 0), ValueError, "output_size"),
+    (lambda: ops.roi_align(torch.zeros(1, 3, 4, 4), torch.zeros(1, 5), (2, 2, 2)), ValueError, "output_size"),
+    (lambda: ops.roi_align(torch.zeros(1, 3, 4, 4), torch.zeros(1, 5), 2.5), ValueError, "output_size"),
+    (lambda: ops.roi_align(torch.zeros(1, 3, 4, 4), torch.zeros(1, 5), 2, float("nan")), ValueError, "spatial_scale"),
+    (lambda: ops.roi_align(torch.zeros(1, 3, 4, 4), torch.zeros(1, 5), 2, -1.0), ValueError, "spatial_scale"),
+    (lambda: ops.roi_align(torch.zeros(1, 3, 4, 4), torch.zeros(1, 5), 2, 1.0, 2.0), TypeError, "sampling_ratio"),
+    (lambda: ops.roi_align(torch.zeros(1, 3, 4, 4), torch.tensor([[1.0, 0, 0, 2, 2]]), 2), ValueError, "batch index"),
+    (lambda: ops.roi_align(torch.zeros(2, 3, 4, 4), torch.tensor([[-1.0, 0, 0, 2, 2]]), 2), ValueError, "batch index"),
+    (lambda: ops.roi_align(torch.zeros(2, 3, 4, 4), torch.tensor([[0.5, 0, 0, 2, 2]]), 2), ValueError, "batch index"),
+    (lambda: ops.roi_align(torch.zeros(2, 3, 4, 4), torch.tensor([[float("nan"), 0, 0, 2, 2]]), 2), ValueError,
+     "batch index"),
+]
+
+
+@pytest.mark.parametrize("call, error, match", BAD_CALLS)
+def test_bad_arguments_raise_clear_errors(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_kernels_check_arguments_without_the_wrapper():
+    x, rois = torch.zeros(1, 3, 4, 4), torch.zeros(2, 5)
+    with pytest.raises(ValueError, match="rois"):
+        torch.ops.pydet.roi_align(x, torch.zeros(2, 4), 1.0, 2, 2, -1, False)
+    with pytest.raises(ValueError, match="input"):
+        torch.ops.pydet.roi_align(torch.zeros(3, 4, 4), rois, 1.0, 2, 2, -1, False)
+    with pytest.raises(ValueError, match="output size"):
+        torch.ops.pydet.roi_align(x, rois, 1.0, 0, 2, -1, False)
+    with pytest.raises(ValueError, match="batch index"):
+        torch.ops.pydet.roi_align(x, torch.tensor([[3.0, 0, 0, 1, 1]]), 1.0, 2, 2, -1, False)
+    with pytest.raises(ValueError, match="grad"):
+        torch.ops.pydet.roi_align_backward(torch.zeros(2, 3, 2, 3), rois, 1.0, 2, 2, 1, 3, 4, 4, -1, False)
+    with pytest.raises(ValueError, match="batch index"):
+        torch.ops.pydet.roi_align_backward(torch.zeros(1, 3, 2, 2), torch.tensor([[3.0, 0, 0, 1, 1]]), 1.0, 2, 2,
+                                           1, 3, 4, 4, -1, False)
+    with pytest.raises(ValueError, match="levels"):
+        torch.ops.pydet.multi_scale_roi_align([x], rois, torch.zeros(3, dtype=torch.int64), [1.0], 2, 2, -1, False)
+    with pytest.raises(ValueError, match="spatial_scales"):
+        torch.ops.pydet.multi_scale_roi_align([x, x], rois, torch.zeros(2, dtype=torch.int64), [1.0], 2, 2, -1,
+                                              False)
+    with pytest.raises(ValueError, match="feature maps must share"):
+        torch.ops.pydet.multi_scale_roi_align([x, torch.zeros(1, 2, 4, 4)], rois, torch.zeros(2, dtype=torch.int64),
+                                              [1.0, 0.5], 2, 2, -1, False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck(dtype, device):
+    x, rois, g = _problem(9, batch=2, channels=3, height=9, width=11, num_boxes=6, dtype=dtype)
+    x, rois = x.to(device), rois.to(device)
+    torch.library.opcheck(torch.ops.pydet.roi_align, (x, rois, 0.25, 3, 2, 2, False))
+    torch.library.opcheck(torch.ops.pydet.roi_align, (x.clone().requires_grad_(), rois, 0.25, 3, 2, -1, True))
+    grad = torch.randn(6, 3, 3, 2, generator=g, dtype=dtype).to(device)
+    torch.library.opcheck(torch.ops.pydet.roi_align_backward, (grad, rois, 0.25, 3, 2, 2, 3, 9, 11, 2, False))
+    coarse = torch.randn(2, 3, 5, 6, generator=g, dtype=dtype).to(device)
+    levels = torch.tensor([0, 1, 1, 0, 2, 1], device=device)
+    for features in ([x, coarse], [x.clone().requires_grad_(), coarse.clone().requires_grad_()]):
+        torch.library.opcheck(torch.ops.pydet.multi_scale_roi_align,
+                              (features, rois, levels, [0.25, 0.125], 3, 2, 2, False))
+    torch.library.opcheck(torch.ops.pydet.multi_scale_roi_align_backward,
+                          (grad, rois, levels, [0.25, 0.125], 3, 2, 2, 3, [9, 5], [11, 6], 2, False))
+
+
+# ---- multi-level pooling ----
+
+def _pyramid(seed, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    features = [torch.randn(2, 3, 32 // 2 ** i, 40 // 2 ** i, generator=g, dtype=torch.float64).to(dtype)
+                for i in range(3)]
+    boxes = [random_boxes(n, image_size=128.0, max_side=120.0, generator=g, dtype=dtype) for n in (9, 7)]
+    return features, boxes, [0.25, 0.125, 0.0625], g
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("aligned", [False, True])
+def test_multi_scale_matches_reference(seed, aligned, device):
+    features, boxes, scales, g = _pyramid(seed)
+    levels = torch.randint(-1, 4, (16,), generator=g)  # -1 and 3 are out of range: zero rows
+    out = ops.multi_scale_roi_align([f.to(device) for f in features], [b.to(device) for b in boxes], (3, 2),
+                                    scales, 2, aligned, levels=levels.to(device))
+    expected = ref.multi_scale_roi_align(features, boxes, levels, (3, 2), scales, 2, aligned)
+    torch.testing.assert_close(out.cpu(), expected, rtol=1e-10, atol=1e-10)
+    assert not out[(levels < 0) | (levels > 2)].any()
+    # backward vs the reference's autograd, and gradcheck on a smaller problem
+    leaves = [f.to(device).detach().requires_grad_() for f in features]
+    grad_out = torch.randn(expected.shape, generator=g, dtype=torch.float64)
+    ops.multi_scale_roi_align(leaves, [b.to(device) for b in boxes], (3, 2), scales, 2, aligned,
+                              levels=levels.to(device)).backward(grad_out.to(device))
+    ref_leaves = [f.clone().requires_grad_() for f in features]
+    ref.multi_scale_roi_align(ref_leaves, boxes, levels, (3, 2), scales, 2, aligned).backward(grad_out)
+    for got, want in zip(leaves, ref_leaves):
+        torch.testing.assert_close(got.grad.cpu(), want.grad, rtol=1e-10, atol=1e-10)
+
+
+def test_multi_scale_gradcheck(device):
+    features, boxes, scales, _ = _pyramid(0)
+    small = [f[:, :1, :4, :5].contiguous().to(device).requires_grad_() for f in features]
+    rois = [b[:2].to(device) / 8 for b in boxes]
+    levels = torch.tensor([0, 1, 2, 1], device=device)
+    fn = lambda *fs: ops.multi_scale_roi_align(list(fs), rois, 2, scales, -1, True, levels=levels)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, tuple(small))
+    assert torch.autograd.gradgradcheck(fn, tuple(small))
+
+
+def test_multi_scale_default_levels_are_torchvision_levels(device):
+    features, boxes, scales, _ = _pyramid(1, dtype=torch.float32)
+    features, boxes = [f.to(device) for f in features], [b.to(device) for b in boxes]
+    rois = torch.cat(boxes)
+    # scales 1/4 .. 1/16 are levels 2..4; a canonical box of 56 px lands on level 4
+    out = ops.multi_scale_roi_align(features, boxes, 3, scales, 2, canonical_scale=56)
+    with_levels = ops.multi_scale_roi_align(features, boxes, 3, scales, 2, levels=fpn_levels(rois, 2, 4, 56, 4))
+    torch.testing.assert_close(out, with_levels, rtol=0, atol=0)
+    expected = ref.multi_scale_roi_align([f.cpu() for f in features], [b.cpu() for b in boxes],
+                                         ref.fpn_levels(rois.cpu(), 2, 4, 56, 4), 3, scales, 2)
+    torch.testing.assert_close(out.cpu().double(), expected, rtol=1e-5, atol=1e-5)
+    # one level: plain roi_align
+    torch.testing.assert_close(ops.multi_scale_roi_align(features[:1], boxes, 3, scales[:1], 2),
+                               ops.roi_align(features[0], boxes, 3, scales[0], 2))
+
+
+def test_multi_scale_bad_arguments():
+    features, boxes, scales, _ = _pyramid(2)
+    with pytest.raises(ValueError, match="spatial_scales"):
+        ops.multi_scale_roi_align(features, boxes, 3, scales[:2])
+    with pytest.raises(TypeError, match="features"):
+        ops.multi_scale_roi_align(features[0], boxes, 3, scales)
+    with pytest.raises(ValueError, match="levels"):
+        ops.multi_scale_roi_align(features, boxes, 3, scales, levels=torch.zeros(3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="levels"):
+        ops.multi_scale_roi_align(features, boxes, 3, scales, levels=torch.zeros(16))
+
+
+# ---- CUDA-specific ----
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_cuda_deterministic_backward_matches_atomic_and_cpu(dtype):
+    x, rois, g = _problem(10, channels=37, num_boxes=80, dtype=torch.float32)
+    x, rois = x.to(dtype), rois.cuda()
+    grad_out = torch.randn(80, 37, 7, 7, generator=g).to(dtype)
+    args = (rois, 0.25, 7, 7, x.shape[0], 37, x.shape[2], x.shape[3])
+    tol = dict(rtol=1e-2, atol=1e-2) if dtype in (torch.float16, torch.bfloat16) else dict(rtol=1e-5, atol=1e-5)
+    for sampling_ratio, aligned in ((2, False), (-1, True)):
+        cpu = torch.ops.pydet.roi_align_backward(grad_out, rois.cpu(), *args[1:], sampling_ratio, aligned)
+        atomic = torch.ops.pydet.roi_align_backward(grad_out.cuda(), *args, sampling_ratio, aligned)
+        torch.use_deterministic_algorithms(True)
+        try:
+            gathered = torch.ops.pydet.roi_align_backward(grad_out.cuda(), *args, sampling_ratio, aligned)
+            again = torch.ops.pydet.roi_align_backward(grad_out.cuda(), *args, sampling_ratio, aligned)
+        finally:
+            torch.use_deterministic_algorithms(False)
+        assert gathered.dtype == dtype and torch.equal(gathered, again)
+        torch.testing.assert_close(gathered.cpu().float(), cpu.float(), **tol)
+        torch.testing.assert_close(atomic.cpu().float(), cpu.float(), **tol)
+
+
+@requires_cuda
+def test_cuda_deterministic_multi_scale_backward():
+    features, boxes, scales, g = _pyramid(3, dtype=torch.float32)
+    levels = torch.randint(-1, 3, (16,), generator=g)
+    grad_out = torch.randn(16, 3, 4, 4, generator=g)
+    leaves = [f.clone().requires_grad_() for f in features]
+    ops.multi_scale_roi_align(leaves, boxes, 4, scales, -1, True, levels=levels).backward(grad_out)
+    torch.use_deterministic_algorithms(True)
+    try:
+        cuda_leaves = [f.cuda().requires_grad_() for f in features]
+        ops.multi_scale_roi_align(cuda_leaves, [b.cuda() for b in boxes], 4, scales, -1, True,
+                                  levels=levels.cuda()).backward(grad_out.cuda())
+    finally:
+        torch.use_deterministic_algorithms(False)
+    for got, want in zip(cuda_leaves, leaves):
+        torch.testing.assert_close(got.grad.cpu(), want.grad, rtol=1e-5, atol=1e-5)
+
+
+@requires_cuda
+def test_cuda_autocast_upcasts_to_float32():
+    x, rois, _ = _problem(11, dtype=torch.float32)
+    x, rois = x.cuda(), rois.cuda()
+    with torch.autocast("cuda", dtype=torch.float16):
+        out = ops.roi_align(x.half(), rois.half(), 3, 0.25)
+    assert out.dtype == torch.float16
+    torch.testing.assert_close(out, ops.roi_align(x.half().float(), rois.half().float(), 3, 0.25).half(),
+                               rtol=0, atol=0)
+
