@@ -4,9 +4,10 @@ Kernels: csrc/cpu/roi_align_kernel.cpp, csrc/cuda/roi_align_kernel.cu. Reference
 
 Behaviour worth knowing (all as in torchvision unless said otherwise):
 
-* With ``aligned=False`` every RoI is at least 1x1 feature pixel, so an empty or inverted box still pools
-  the pixel at its corner. With ``aligned=True`` an empty box pools nothing (zeros) when sampling is
-  adaptive; an inverted box with a fixed ``sampling_ratio`` samples "backwards", exactly like torchvision.
+* With ``aligned=False`` every RoI is at least 1x1 feature pixel, so empty and inverted boxes still pool
+  the pixel at their first corner. With ``aligned=True`` nothing is forced: with adaptive sampling an
+  empty or inverted box takes no samples (zeros, no gradient); with a fixed ``sampling_ratio`` its samples
+  sit on (empty) or run backwards from (inverted) its first corner.
 * Samples further than one pixel outside the feature map read zero; boxes partly or wholly outside the
   map are fine. Boxes with NaN coordinates give zeros and no gradient.
 * Batch indices (column 0 of ``[K, 5]`` rois) must be integers in ``[0, N)``. The CPU kernel raises a
@@ -21,6 +22,7 @@ Behaviour worth knowing (all as in torchvision unless said otherwise):
 """
 from __future__ import annotations
 
+import operator
 import sys
 from typing import Sequence
 
@@ -32,23 +34,26 @@ from ._checks import check_float, check_same_device, check_tensor
 _INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
-def _pair(output_size, name: str = "output_size") -> tuple[int, int]:
-    if isinstance(output_size, (list, tuple)):
-        if len(output_size) != 2:
-            raise ValueError(f"{name} must be an int or a (height, width) pair, got {output_size!r}")
-        size = tuple(output_size)
-    else:
-        size = (output_size, output_size)
-    for s in size:
-        if isinstance(s, bool) or not isinstance(s, int) or s <= 0:
-            raise ValueError(f"{name} must hold positive ints, got {output_size!r}")
-    return size
-
-
-def _check_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+def _as_int(value, name: str) -> int:
+    if isinstance(value, (bool, float)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    return value
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
+
+
+def _pair(output_size, name: str = "output_size") -> tuple[int, int]:
+    pair = tuple(output_size) if isinstance(output_size, (list, tuple)) else (output_size, output_size)
+    if len(pair) != 2:
+        raise ValueError(f"{name} must be an int or a (height, width) pair, got {output_size!r}")
+    try:
+        size = tuple(_as_int(s, name) for s in pair)
+    except TypeError:
+        raise ValueError(f"{name} must hold positive ints, got {output_size!r}") from None
+    if min(size) <= 0:
+        raise ValueError(f"{name} must hold positive ints, got {output_size!r}")
+    return size
 
 
 def _scale(value, name: str = "spatial_scale") -> float:
@@ -95,7 +100,7 @@ def roi_align(input: Tensor, boxes: Tensor | Sequence[Tensor], output_size, spat
     check_same_device(("input", input), ("boxes", rois))
     pooled_h, pooled_w = _pair(output_size)
     return torch.ops.pydet.roi_align(input, rois, _scale(spatial_scale), pooled_h, pooled_w,
-                                     _check_int(sampling_ratio, "sampling_ratio"), bool(aligned))
+                                     _as_int(sampling_ratio, "sampling_ratio"), bool(aligned))
 
 
 def fpn_levels(boxes: Tensor, k_min: int, k_max: int, canonical_scale: float = 224, canonical_level: int = 4,
@@ -157,7 +162,7 @@ def multi_scale_roi_align(features: Sequence[Tensor], boxes: Tensor | Sequence[T
     if len(scales) != len(features):
         raise ValueError(f"spatial_scales must have one entry per feature map ({len(features)}), got {len(scales)}")
     pooled_h, pooled_w = _pair(output_size)
-    sampling_ratio = _check_int(sampling_ratio, "sampling_ratio")
+    sampling_ratio = _as_int(sampling_ratio, "sampling_ratio")
     if levels is None:
         if len(features) == 1:
             return torch.ops.pydet.roi_align(features[0], rois, scales[0], pooled_h, pooled_w, sampling_ratio,
