@@ -114,7 +114,8 @@ def test_roi_align_forward_cuda(benchmark, problem, impl):
 
 @requires_cuda
 @pytest.mark.benchmark(group="roi_align-backward-1000x2x256x200x304-cuda")
-@pytest.mark.parametrize("impl", ["pydet", "pydet-deterministic", pytest.param("torchvision", marks=requires_torchvision)])
+@pytest.mark.parametrize("impl", ["pydet", "pydet-deterministic",
+                                  pytest.param("torchvision", marks=requires_torchvision)])
 def test_roi_align_backward_cuda(benchmark, problem, impl):
     x, rois, grad = (t.cuda() for t in problem)
     args = _backward_args(x, rois)

@@ -16,6 +16,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -137,25 +138,33 @@ class GreedyNms {
   std::vector<uint64_t> kept_;               // bitmap over x ranks
 };
 
-// Runs GreedyNms over consecutive segments [starts[s], starts[s+1]) of rows, in parallel. Work is split
-// by box count, so one big class and many small ones balance alike.
+// Runs GreedyNms over consecutive segments [starts[s], starts[s+1]) of rows. Threads take chunks of
+// segments (about kChunkBoxes boxes each) from a shared counter rather than a fixed share each: classes
+// of very different sizes balance, and a thread that starts late gets less of the work.
 template <typename T>
 void nms_segments(const T* boxes, const std::vector<int64_t>& rows, const std::vector<int64_t>& starts,
                   double iou_threshold, std::vector<uint8_t>& keep) {
+  constexpr int64_t kChunkBoxes = 1024;
   const int64_t n = static_cast<int64_t>(rows.size());
   keep.assign(n, 0);
-  const auto run_segments = [&](int64_t begin, int64_t end) {
+  std::vector<size_t> chunks{0};  // segment index where each chunk starts
+  for (size_t s = 1; s + 1 < starts.size(); ++s) {
+    if (starts[s] - starts[chunks.back()] >= kChunkBoxes) chunks.push_back(s);
+  }
+  chunks.push_back(starts.size() - 1);
+  std::atomic<size_t> next_chunk{0};
+  const auto run_chunks = [&](int64_t, int64_t) {
     GreedyNms<T> greedy(iou_threshold);
-    // A segment belongs to the chunk that holds its first row.
-    auto s = std::lower_bound(starts.begin(), starts.end() - 1, begin) - starts.begin();
-    for (; s + 1 < static_cast<int64_t>(starts.size()) && starts[s] < end; ++s) {
-      greedy.run(boxes, rows.data() + starts[s], starts[s + 1] - starts[s], keep.data() + starts[s]);
+    for (size_t c = next_chunk++; c + 1 < chunks.size(); c = next_chunk++) {
+      for (size_t s = chunks[c]; s < chunks[c + 1]; ++s) {
+        greedy.run(boxes, rows.data() + starts[s], starts[s + 1] - starts[s], keep.data() + starts[s]);
+      }
     }
   };
-  if (starts.size() <= 2) {
-    run_segments(0, n);  // one class: nothing to share
+  if (chunks.size() <= 2) {
+    run_chunks(0, 1);
   } else {
-    at::parallel_for(0, n, 2048, run_segments);
+    at::parallel_for(0, std::min<int64_t>(at::get_num_threads(), chunks.size() - 1), 1, run_chunks);
   }
 }
 

@@ -19,6 +19,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "../roi_align.h"
@@ -45,7 +46,7 @@ struct AxisTable {
 template <typename acc_t>
 struct RoiTables {
   std::vector<int64_t> image, level;  // level -1: the RoI pools nothing (its level is out of range)
-  std::vector<int64_t> row_first, row_last;  // rows the RoI reads (first > last when none)
+  std::vector<int64_t> row_first, row_last, col_first, col_last;  // pixels it reads (first > last: none)
   std::vector<acc_t> count;
   AxisTable<acc_t> rows, cols;
   // RoIs grouped by (level, image), in RoI order inside a group; RoIs that pool nothing come last.
@@ -100,6 +101,8 @@ RoiTables<acc_t> build_tables(const at::Tensor& rois, const int64_t* levels, con
   t.count.resize(num_rois);
   t.row_first.resize(num_rois);
   t.row_last.resize(num_rois);
+  t.col_first.resize(num_rois);
+  t.col_last.resize(num_rois);
   std::vector<RoiGrid<acc_t>> grids(num_rois);
   t.rows.begin.resize(num_rois * pooled_h);
   t.rows.end.resize(num_rois * pooled_h);
@@ -137,7 +140,7 @@ RoiTables<acc_t> build_tables(const at::Tensor& rois, const int64_t* levels, con
   t.rows.weight.resize(row_entries);
   t.cols.index.resize(col_entries);
   t.cols.weight.resize(col_entries);
-  at::parallel_for(0, num_rois, 64, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, num_rois, 1024, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       const auto& g = grids[k];
       const int64_t h = t.level[k] < 0 ? 0 : shapes[t.level[k]].height;
@@ -156,12 +159,21 @@ RoiTables<acc_t> build_tables(const at::Tensor& rois, const int64_t* levels, con
       }
       t.row_first[k] = first;
       t.row_last[k] = last;
+      first = w;
+      last = -1;
       for (int64_t pw = 0; pw < pooled_w; ++pw) {
         const int64_t at = col_base[k] + pw * col_stride[k];
+        const int64_t end = fill_bin(g.start_x, g.bin_w, pw, g.samples_x, w, at, t.cols.index.data(),
+                                     t.cols.weight.data());
         t.cols.begin[k * pooled_w + pw] = at;
-        t.cols.end[k * pooled_w + pw] =
-            fill_bin(g.start_x, g.bin_w, pw, g.samples_x, w, at, t.cols.index.data(), t.cols.weight.data());
+        t.cols.end[k * pooled_w + pw] = end;
+        for (int64_t i = at; i < end; ++i) {
+          first = std::min<int64_t>(first, t.cols.index[i]);
+          last = std::max<int64_t>(last, t.cols.index[i]);
+        }
       }
+      t.col_first[k] = first;
+      t.col_last[k] = last;
     }
   });
   // Stable counting sort of the RoIs by group (level * batch_size + image).
@@ -178,7 +190,9 @@ RoiTables<acc_t> build_tables(const at::Tensor& rois, const int64_t* levels, con
 
 // Items per parallel chunk, given a rough count of the multiply-adds of one item: small problems (and
 // the many tiny calls of gradcheck) stay on one thread.
-int64_t grain_for(int64_t work_per_item) { return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(work_per_item, 1)); }
+int64_t grain_for(int64_t work_per_item) {
+  return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(work_per_item, 1));
+}
 
 // Channels per block: 32 floats or 16 doubles, a few vector registers.
 constexpr int64_t kBlockBytes = 128;
@@ -198,29 +212,30 @@ bool cpu_has_avx2() {
 #endif
 }
 
-// Defines name##_baseline and, on x86-64, name##_avx2: `body<kWidth>` instantiated for a full channel
-// block (a compile-time width the compiler keeps in registers) or a shorter last block. The body is
-// force-inlined, so each variant is compiled for its own instruction set.
+// Defines name##_baseline and, on x86-64, name##_avx2, both calling body<kWidth>(job, k, c0, width) for
+// RoI k and channels [c0, c0 + width): kWidth is the full block (a compile-time width the compiler keeps
+// in registers) or 0 for a shorter last block. The body is force-inlined, so each variant is compiled for
+// its own instruction set.
 #ifdef PYDET_AVX2_VARIANT
 #define PYDET_DEFINE_VARIANTS(name, body, Job)                                                          \
   template <typename... Ts>                                                                           \
-  void name##_baseline(const Job<Ts...>& job, int64_t a, int64_t b, int64_t width) {                  \
+  void name##_baseline(const Job<Ts...>& job, int64_t k, int64_t c0, int64_t width) {                 \
     constexpr int64_t full = kBlock<typename Job<Ts...>::acc_t>;                                      \
-    width == full ? body<full>(job, a, b, width) : body<0>(job, a, b, width);                         \
+    width == full ? body<full>(job, k, c0, width) : body<0>(job, k, c0, width);                       \
   }                                                                                                   \
   template <typename... Ts>                                                                           \
-  __attribute__((target("avx2,fma"))) void name##_avx2(const Job<Ts...>& job, int64_t a, int64_t b,  \
+  __attribute__((target("avx2,fma"))) void name##_avx2(const Job<Ts...>& job, int64_t k, int64_t c0, \
                                                        int64_t width) {                               \
     constexpr int64_t full = kBlock<typename Job<Ts...>::acc_t>;                                      \
-    width == full ? body<full>(job, a, b, width) : body<0>(job, a, b, width);                         \
+    width == full ? body<full>(job, k, c0, width) : body<0>(job, k, c0, width);                       \
   }
 #define PYDET_PICK_VARIANT(name, ...) (cpu_has_avx2() ? &name##_avx2<__VA_ARGS__> : &name##_baseline<__VA_ARGS__>)
 #else
 #define PYDET_DEFINE_VARIANTS(name, body, Job)                                                          \
   template <typename... Ts>                                                                           \
-  void name##_baseline(const Job<Ts...>& job, int64_t a, int64_t b, int64_t width) {                  \
+  void name##_baseline(const Job<Ts...>& job, int64_t k, int64_t c0, int64_t width) {                 \
     constexpr int64_t full = kBlock<typename Job<Ts...>::acc_t>;                                      \
-    width == full ? body<full>(job, a, b, width) : body<0>(job, a, b, width);                         \
+    width == full ? body<full>(job, k, c0, width) : body<0>(job, k, c0, width);                       \
   }
 #define PYDET_PICK_VARIANT(name, ...) (&name##_baseline<__VA_ARGS__>)
 #endif
@@ -232,12 +247,17 @@ struct PoolJob {
   using acc_t = at::opmath_type<scalar_t>;
   const RoiTables<acc_t>& tables;
   const std::vector<LevelShape>& shapes;
-  std::vector<const data_t*> maps;  // per level: pixel-major data, pixels pixel_stride elements apart
-  int64_t pixel_stride, channels, pooled_h, pooled_w;
+  // Per level: pixel-major data with pixels pixel_stride elements apart, holding every image (a
+  // channels-last input) or only the image being pooled (a gathered channel block).
+  std::vector<const data_t*> maps;
+  bool every_image;
+  int64_t pixel_stride;
+  int64_t first_channel;  // the channel stored first in each pixel of `maps`
+  int64_t channels, pooled_h, pooled_w;
   scalar_t* out;  // [K, C, pooled_h, pooled_w]
 };
 
-// out[k, c0 + c] for c < width, reading channel (c0 - map_c0 + c) of each pixel of RoI k's map.
+// out[k, c0 + c] for c < width.
 template <int64_t kWidth, typename data_t, typename scalar_t>
 C10_ALWAYS_INLINE void pool_roi(const PoolJob<data_t, scalar_t>& job, int64_t k, int64_t c0, int64_t width) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -245,10 +265,14 @@ C10_ALWAYS_INLINE void pool_roi(const PoolJob<data_t, scalar_t>& job, int64_t k,
   const int64_t n = kWidth > 0 ? kWidth : width;
   const int64_t level = t.level[k], bins = job.pooled_h * job.pooled_w;
   const int64_t map_width = job.shapes[level].width, stride = job.pixel_stride;
-  const data_t* image = job.maps[level] + t.image[k] * job.shapes[level].height * map_width * stride +
-                        (stride == job.channels ? c0 : 0);
+  const int64_t image_size = job.shapes[level].height * map_width * stride;
+  const data_t* image = job.maps[level] + (job.every_image ? t.image[k] * image_size : 0) + (c0 - job.first_channel);
   scalar_t* o = job.out + (k * job.channels + c0) * bins;
-  acc_t acc[kBlock<acc_t>];
+  // A full block accumulates in registers; a channels-last map is pooled in one pass over all channels,
+  // which reads each pixel's channels once, from a buffer in L1.
+  acc_t block_acc[kBlock<acc_t>];
+  std::vector<acc_t> wide_acc(kWidth == 0 && n > kBlock<acc_t> ? n : 0);
+  acc_t* acc = wide_acc.empty() ? block_acc : wide_acc.data();
   for (int64_t ph = 0; ph < job.pooled_h; ++ph) {
     const int64_t rb = t.rows.begin[k * job.pooled_h + ph], re = t.rows.end[k * job.pooled_h + ph];
     for (int64_t pw = 0; pw < job.pooled_w; ++pw) {
@@ -270,46 +294,45 @@ C10_ALWAYS_INLINE void pool_roi(const PoolJob<data_t, scalar_t>& job, int64_t k,
 
 PYDET_DEFINE_VARIANTS(pool_roi_block, pool_roi, PoolJob)
 
-// Pools output channels [c0, c0 + width) of every RoI. For a channels-last input the maps are the input
-// itself (pixel_stride = C); otherwise they hold just this block (pixel_stride = width).
-template <typename data_t, typename scalar_t>
-void pool_channels(const PoolJob<data_t, scalar_t>& job, int64_t c0, int64_t width) {
-  const auto& t = job.tables;
-  const int64_t num_rois = static_cast<int64_t>(t.order.size()), bins = job.pooled_h * job.pooled_w;
-  const auto pool = PYDET_PICK_VARIANT(pool_roi_block, data_t, scalar_t);
-  at::parallel_for(0, num_rois, grain_for(bins * width * 16), [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      if (t.level[k] < 0) {
-        scalar_t* o = job.out + (k * job.channels + c0) * bins;
-        std::fill(o, o + width * bins, scalar_t(0));
-        continue;
-      }
-      for (int64_t c = c0; c < c0 + width; c += kBlock<typename PoolJob<data_t, scalar_t>::acc_t>) {
-        pool(job, k, c, std::min(kBlock<typename PoolJob<data_t, scalar_t>::acc_t>, c0 + width - c));
-      }
+// Pixels are gathered in tiles of one row by kTile columns, and only the tiles some RoI reads: with FPN
+// levels, the RoIs of the finest (largest) map often cover a small part of it.
+constexpr int64_t kTile = 16;
+
+// For each map: tiles_read[(n * height + y) * tiles_x + x / kTile].
+template <typename acc_t>
+std::vector<std::vector<uint8_t>> tiles_read_by_rois(const RoiTables<acc_t>& t, const std::vector<LevelShape>& shapes,
+                                                     int64_t batch_size) {
+  std::vector<std::vector<uint8_t>> read;
+  for (const auto& s : shapes) read.emplace_back(batch_size * s.height * ((s.width + kTile - 1) / kTile), 0);
+  for (size_t k = 0; k < t.level.size(); ++k) {
+    if (t.level[k] < 0) continue;
+    const auto& s = shapes[t.level[k]];
+    const int64_t tiles_x = (s.width + kTile - 1) / kTile;
+    for (int64_t y = t.row_first[k]; y <= t.row_last[k]; ++y) {
+      uint8_t* row = read[t.level[k]].data() + (t.image[k] * s.height + y) * tiles_x;
+      for (int64_t x = t.col_first[k] / kTile; x <= t.col_last[k] / kTile; ++x) row[x] = 1;
     }
-  });
+  }
+  return read;
 }
 
-// dst[n, y, x, c] = src[n, c0 + c, y, x] for c < width, one NCHW map.
+// dst[y, x, c] = image[c0 + c, y, x] for c < block, in the tiles RoIs read (tiles_read of this image).
 template <typename scalar_t, typename acc_t>
-void gather_channel_block(const scalar_t* src, int64_t batch_size, int64_t channels, int64_t height, int64_t width,
+void gather_channel_block(const scalar_t* image, const uint8_t* tiles_read, int64_t height, int64_t width,
                           int64_t c0, int64_t block, acc_t* dst) {
-  constexpr int64_t kTile = 16;
-  at::parallel_for(0, batch_size * height, grain_for(width * block), [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / height, y = row % height;
-      const scalar_t* s = src + ((n * channels + c0) * height + y) * width;
-      acc_t* d = dst + row * width * block;
-      for (int64_t x0 = 0; x0 < width; x0 += kTile) {
-        const int64_t x1 = std::min(x0 + kTile, width);
-        for (int64_t c = 0; c < block; ++c) {
-          const scalar_t* sc = s + c * height * width;
-          for (int64_t x = x0; x < x1; ++x) d[x * block + c] = static_cast<acc_t>(sc[x]);
-        }
+  const int64_t tiles_x = (width + kTile - 1) / kTile;
+  for (int64_t y = 0; y < height; ++y) {
+    const scalar_t* s = image + (c0 * height + y) * width;
+    acc_t* d = dst + y * width * block;
+    for (int64_t x0 = 0; x0 < width; x0 += kTile) {
+      if (!tiles_read[y * tiles_x + x0 / kTile]) continue;
+      const int64_t x1 = std::min(x0 + kTile, width);
+      for (int64_t c = 0; c < block; ++c) {
+        const scalar_t* sc = s + c * height * width;
+        for (int64_t x = x0; x < x1; ++x) d[x * block + c] = static_cast<acc_t>(sc[x]);
       }
     }
-  });
+  }
 }
 
 template <typename scalar_t>
@@ -318,41 +341,69 @@ void forward_impl(const std::vector<at::Tensor>& features, const RoiTables<at::o
                   int64_t pooled_w, at::Tensor& output) {
   using acc_t = at::opmath_type<scalar_t>;
   scalar_t* out = output.mutable_data_ptr<scalar_t>();
+  const int64_t bins = pooled_h * pooled_w, num_rois = static_cast<int64_t>(t.order.size());
+  const int64_t pooled_rois = t.group_begin[shapes.size() * batch_size];
+  for (int64_t slot = pooled_rois; slot < num_rois; ++slot) {  // RoIs on no map
+    std::fill(out + t.order[slot] * channels * bins, out + (t.order[slot] + 1) * channels * bins, scalar_t(0));
+  }
   const bool channels_last = std::all_of(features.begin(), features.end(), [](const at::Tensor& f) {
     return f.is_contiguous(at::MemoryFormat::ChannelsLast);
   });
   if (channels_last) {
-    PoolJob<scalar_t, scalar_t> job{t, shapes, {}, channels, channels, pooled_h, pooled_w, out};
+    PoolJob<scalar_t, scalar_t> job{t, shapes, {}, true, channels, 0, channels, pooled_h, pooled_w, out};
     for (const auto& f : features) job.maps.push_back(f.const_data_ptr<scalar_t>());
-    pool_channels(job, 0, channels);
+    const auto pool = PYDET_PICK_VARIANT(pool_roi_block, scalar_t, scalar_t);
+    at::parallel_for(0, pooled_rois, grain_for(bins * channels * 16), [&](int64_t begin, int64_t end) {
+      for (int64_t slot = begin; slot < end; ++slot) pool(job, t.order[slot], 0, channels);
+    });
     return;
   }
+  // One parallel region over (channel block, image) items: an item gathers its block of the image's maps
+  // into a pixel-major buffer that stays in cache, then pools the image's RoIs from it.
   const int64_t block = std::min(kBlock<acc_t>, channels);
+  const int64_t num_blocks = (channels + block - 1) / block;
+  const auto tiles_read = tiles_read_by_rois(t, shapes, batch_size);
   std::vector<at::Tensor> contiguous;
-  std::vector<std::vector<acc_t>> buffers;
+  std::vector<int64_t> buffer_offset{0};
   for (size_t l = 0; l < features.size(); ++l) {
     contiguous.push_back(features[l].contiguous());
-    buffers.emplace_back(batch_size * shapes[l].height * shapes[l].width * block);
+    buffer_offset.push_back(buffer_offset.back() + shapes[l].height * shapes[l].width * block);
   }
-  for (int64_t c0 = 0; c0 < channels; c0 += block) {
-    const int64_t width = std::min(block, channels - c0);
-    PoolJob<acc_t, scalar_t> job{t, shapes, {}, width, channels, pooled_h, pooled_w, out};
-    for (size_t l = 0; l < features.size(); ++l) {
-      gather_channel_block(contiguous[l].const_data_ptr<scalar_t>(), batch_size, channels, shapes[l].height,
-                           shapes[l].width, c0, width, buffers[l].data());
-      job.maps.push_back(buffers[l].data());
+  const auto pool = PYDET_PICK_VARIANT(pool_roi_block, acc_t, scalar_t);
+  const int64_t work_per_item = buffer_offset.back() + num_rois / std::max<int64_t>(batch_size, 1) * bins * block;
+  at::parallel_for(0, num_blocks * batch_size, grain_for(work_per_item), [&](int64_t begin, int64_t end) {
+    std::unique_ptr<acc_t[]> buffer(new acc_t[buffer_offset.back()]);
+    PoolJob<acc_t, scalar_t> job{t, shapes, {}, false, block, 0, channels, pooled_h, pooled_w, out};
+    for (size_t l = 0; l < features.size(); ++l) job.maps.push_back(buffer.get() + buffer_offset[l]);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item % batch_size, c0 = (item / batch_size) * block;
+      const int64_t width = std::min(block, channels - c0);
+      job.pixel_stride = width;
+      job.first_channel = c0;
+      for (size_t l = 0; l < features.size(); ++l) {
+        const int64_t height = shapes[l].height, map_width = shapes[l].width;
+        const int64_t tiles_x = (map_width + kTile - 1) / kTile;
+        gather_channel_block(contiguous[l].const_data_ptr<scalar_t>() + n * channels * height * map_width,
+                             tiles_read[l].data() + n * height * tiles_x, height, map_width, c0, width,
+                             buffer.get() + buffer_offset[l]);
+      }
+      for (size_t l = 0; l < features.size(); ++l) {
+        const int64_t group = static_cast<int64_t>(l) * batch_size + n;
+        for (int64_t slot = t.group_begin[group]; slot < t.group_begin[group + 1]; ++slot) {
+          pool(job, t.order[slot], c0, width);
+        }
+      }
     }
-    pool_channels(job, c0, width);
-  }
+  });
 }
 
 // ---- backward ----
 //
 // The gradient is built in horizontal bands of kBandRows rows of one (level, image) map, one channel
 // block at a time: a band collects the contributions of the RoIs that touch it in a small pixel-major
-// buffer that stays in cache, then writes its rows of the NCHW gradient. Each band belongs to one thread
-// and adds contributions in a fixed order (RoI, bin, row tap, column tap), so the gradient is race-free
-// and bit-identical whatever the number of threads.
+// buffer that stays in cache, then writes its rows of the NCHW gradient. Each (band, block) item writes
+// its own part of the gradient and adds contributions in a fixed order (RoI, bin, row tap, column tap),
+// so the gradient is race-free and bit-identical whatever the number of threads.
 constexpr int64_t kBandRows = 8;
 
 struct Band {
@@ -368,18 +419,17 @@ struct ScatterJob {
   int64_t channels, pooled_h, pooled_w;
   const Band* band;
   acc_t* buffer;  // [y1 - y0, width, block] for the band
-  int64_t c0;
 };
 
 // Adds the contributions of RoI k to the band's rows, channels [c0, c0 + width).
 template <int64_t kWidth, typename scalar_t>
-C10_ALWAYS_INLINE void scatter_roi(const ScatterJob<scalar_t>& job, int64_t k, int64_t /*unused*/, int64_t width) {
+C10_ALWAYS_INLINE void scatter_roi(const ScatterJob<scalar_t>& job, int64_t k, int64_t c0, int64_t width) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto& t = job.tables;
   const Band& band = *job.band;
   const int64_t n = kWidth > 0 ? kWidth : width;
   const int64_t bins = job.pooled_h * job.pooled_w, map_width = job.shapes[band.level].width;
-  const scalar_t* gk = job.grad + (k * job.channels + job.c0) * bins;
+  const scalar_t* gk = job.grad + (k * job.channels + c0) * bins;
   const acc_t count = t.count[k];
   acc_t gv[kBlock<acc_t>];
   for (int64_t ph = 0; ph < job.pooled_h; ++ph) {
@@ -411,6 +461,7 @@ void backward_impl(const at::Tensor& grad, const RoiTables<at::opmath_type<scala
                    const std::vector<LevelShape>& shapes, int64_t batch_size, int64_t channels, int64_t pooled_h,
                    int64_t pooled_w, std::vector<at::Tensor>& grads) {
   using acc_t = at::opmath_type<scalar_t>;
+  if (channels == 0) return;
   const int64_t block = std::min(kBlock<acc_t>, channels);
   std::vector<Band> bands;
   int64_t widest = 0;
@@ -423,34 +474,34 @@ void backward_impl(const at::Tensor& grad, const RoiTables<at::opmath_type<scala
     }
   }
   const auto scatter = PYDET_PICK_VARIANT(scatter_roi_block, scalar_t);
-  for (int64_t c0 = 0; c0 < channels; c0 += block) {
-    const int64_t width = std::min(block, channels - c0);
-    const int64_t grain = grain_for(kBandRows * widest * width * 4);
-    at::parallel_for(0, static_cast<int64_t>(bands.size()), grain, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> buffer(kBandRows * widest * width);
-      ScatterJob<scalar_t> job{t, shapes, grad.const_data_ptr<scalar_t>(), channels, pooled_h, pooled_w,
-                               nullptr, buffer.data(), c0};
-      for (int64_t b = begin; b < end; ++b) {
-        const Band& band = bands[b];
-        job.band = &band;
-        const int64_t map_width = shapes[band.level].width, height = shapes[band.level].height;
-        std::fill(buffer.begin(), buffer.begin() + (band.y1 - band.y0) * map_width * width, acc_t(0));
-        const int64_t group = band.level * batch_size + band.image;
-        for (int64_t slot = t.group_begin[group]; slot < t.group_begin[group + 1]; ++slot) {
-          const int64_t k = t.order[slot];
-          if (t.row_last[k] >= band.y0 && t.row_first[k] < band.y1) scatter(job, k, 0, width);
-        }
-        scalar_t* dst = grads[band.level].mutable_data_ptr<scalar_t>() + (band.image * channels + c0) * height * map_width;
-        for (int64_t c = 0; c < width; ++c) {
-          for (int64_t y = band.y0; y < band.y1; ++y) {
-            const acc_t* src = buffer.data() + (y - band.y0) * map_width * width + c;
-            scalar_t* d = dst + (c * height + y) * map_width;
-            for (int64_t x = 0; x < map_width; ++x) d[x] = static_cast<scalar_t>(src[x * width]);
-          }
+  const int64_t num_bands = static_cast<int64_t>(bands.size()), num_blocks = (channels + block - 1) / block;
+  at::parallel_for(0, num_blocks * num_bands, grain_for(kBandRows * widest * block * 4), [&](int64_t begin,
+                                                                                              int64_t end) {
+    std::vector<acc_t> buffer(kBandRows * widest * block);
+    ScatterJob<scalar_t> job{t, shapes, grad.const_data_ptr<scalar_t>(), channels, pooled_h, pooled_w, nullptr,
+                             buffer.data()};
+    for (int64_t item = begin; item < end; ++item) {
+      const Band& band = bands[item % num_bands];
+      const int64_t c0 = (item / num_bands) * block, width = std::min(block, channels - c0);
+      job.band = &band;
+      const int64_t map_width = shapes[band.level].width, height = shapes[band.level].height;
+      std::fill(buffer.begin(), buffer.begin() + (band.y1 - band.y0) * map_width * width, acc_t(0));
+      const int64_t group = band.level * batch_size + band.image;
+      for (int64_t slot = t.group_begin[group]; slot < t.group_begin[group + 1]; ++slot) {
+        const int64_t k = t.order[slot];
+        if (t.row_last[k] >= band.y0 && t.row_first[k] < band.y1) scatter(job, k, c0, width);
+      }
+      scalar_t* dst =
+          grads[band.level].mutable_data_ptr<scalar_t>() + (band.image * channels + c0) * height * map_width;
+      for (int64_t c = 0; c < width; ++c) {
+        for (int64_t y = band.y0; y < band.y1; ++y) {
+          const acc_t* src = buffer.data() + (y - band.y0) * map_width * width + c;
+          scalar_t* d = dst + (c * height + y) * map_width;
+          for (int64_t x = 0; x < map_width; ++x) d[x] = static_cast<scalar_t>(src[x * width]);
         }
       }
-    });
-  }
+    }
+  });
 }
 
 std::vector<LevelShape> level_shapes(at::TensorList features, c10::ArrayRef<double> scales) {

@@ -85,9 +85,9 @@ def random_colour(rng: np.random.Generator, background_mean: np.ndarray) -> np.n
 
 
 def random_shapes(rng: np.random.Generator, height: int, width: int, num_classes: int, max_objects: int,
-                  size_range: tuple[float, float], background_mean: np.ndarray) -> list[Shape]:
-    """1..``max_objects`` shapes whose frames do not overlap (2-pixel gap)."""
-    wanted = int(rng.integers(1, max_objects + 1))
+                  size_range: tuple[float, float], background_mean: np.ndarray, min_objects: int = 1) -> list[Shape]:
+    """``min_objects..max_objects`` shapes (fewer if they do not fit) whose frames do not overlap (2-pixel gap)."""
+    wanted = int(rng.integers(min_objects, max_objects + 1))
     shapes: list[Shape] = []
     for _ in range(20 * wanted):
         if len(shapes) == wanted:
@@ -201,7 +201,8 @@ def write_synthetic_video(path: str | os.PathLike, num_frames: int = 60, image_s
     h, w = _pair(image_size)
     rng = np.random.default_rng((seed, 2**31))
     background = random_background(rng, h, w)
-    shapes = random_shapes(rng, h, w, num_classes, num_objects, object_size, background.mean(axis=(0, 1)))
+    shapes = random_shapes(rng, h, w, num_classes, num_objects, object_size, background.mean(axis=(0, 1)),
+                           min_objects=num_objects)
     speed = min(h, w) / 60
     velocities = [rng.uniform(-speed, speed, 2) for _ in shapes]
     with VideoWriter(path, fps=fps, codec=codec) as writer:

@@ -184,7 +184,9 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 1, max_steps: int
     end; ``resume=True`` continues from it if it exists (or ``resume=PATH`` from another file): model,
     optimizer, schedule, EMA, step and generator states are restored, so the continuation is the one an
     uninterrupted run would have had. ``log_file`` receives one JSON object per ``log_every`` steps.
-    ``meta`` (JSON) is stored in the checkpoint, e.g. the model's name and categories.
+    ``meta`` (JSON) is stored in the checkpoint, e.g. the model's name and categories. Python's, numpy's
+    and torch's generators are seeded with ``seed + rank`` (augmentations and the models' sampling use
+    them); the data order depends on ``seed`` and the epoch only.
 
     Under ``torchrun`` (process group initialised, e.g. by :func:`init_distributed`), the model is wrapped
     in DDP and each rank reads its own shard; rank 0 writes checkpoints, logs and the progress bar.

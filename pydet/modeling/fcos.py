@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..ops.fcos_targets import DEFAULT_SIZE_RANGES
+from .batching import clip_boxes_per_image, keep_first_per_image
 
 FPN_STRIDES = (8, 16, 32, 64, 128)
 
@@ -214,17 +215,16 @@ class FCOS(nn.Module):
         distances = box_regression[image_index, point_index] * point_strides[point_index, None]
         xy = points[point_index]
         boxes = torch.cat([xy - distances[:, :2], xy + distances[:, 2:]], dim=1)
-        sizes = torch.tensor(image_sizes, dtype=boxes.dtype, device=boxes.device)[image_index]  # (h, w)
-        boxes = torch.min(boxes.clamp(min=0), sizes.flip(1).repeat(1, 2))
+        sizes = torch.tensor(image_sizes, dtype=boxes.dtype, device=boxes.device)  # (h, w) per image
+        boxes = clip_boxes_per_image(boxes, sizes[image_index])
         non_empty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         boxes, scores = boxes[non_empty], scores[non_empty].sqrt()
         classes, image_index = classes[non_empty], image_index[non_empty]
 
         keep = ops.batched_nms(boxes, scores, image_index * num_classes + classes, self.nms_thresh)
+        keep, counts = keep_first_per_image(keep, image_index[keep], post_nms_top_n, num_images)
         detections = []
-        for image in range(num_images):
-            # batched_nms returns indices by decreasing score, so the first ones are the best.
-            image_keep = keep[image_index[keep] == image][:post_nms_top_n]
+        for image_keep in keep.split(counts):
             detections.append({"boxes": boxes[image_keep], "scores": scores[image_keep],
                                "labels": classes[image_keep]})
         return detections

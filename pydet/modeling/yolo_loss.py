@@ -70,14 +70,16 @@ class ComputeLoss:
         self.anchor_t = anchor_t
 
     def __call__(self, predictions: list[Tensor], targets: Tensor) -> dict[str, Tensor]:
-        candidates = self.candidates(predictions, targets)
-        matches = []
-        for (b, a, gj, gi, t), p in zip(candidates, predictions):
+        return self.losses(predictions, self._positives(predictions, targets, self.candidates(predictions, targets)))
+
+    def _positives(self, predictions: list[Tensor], targets: Tensor, selected) -> list[tuple[Tensor, ...]]:
+        """:meth:`losses` inputs for the ``(image, anchor, grid_y, grid_x, target_index)`` of each level."""
+        out = []
+        for p, (b, a, gj, gi, t) in zip(predictions, selected):
             box = self._grid_boxes(targets[t], p)
-            box[:, 0] -= gi
-            box[:, 1] -= gj
-            matches.append((b, a, gj, gi, box, targets[t, 1].long()))
-        return self.losses(predictions, matches)
+            box[:, :2] -= torch.stack((gi, gj), 1).to(box.dtype)
+            out.append((b, a, gj, gi, box, targets[t, 1].long()))
+        return out
 
     @staticmethod
     def _grid_boxes(targets: Tensor, prediction: Tensor) -> Tensor:
@@ -87,7 +89,6 @@ class ComputeLoss:
 
     def candidates(self, predictions: list[Tensor], targets: Tensor) -> list[tuple[Tensor, ...]]:
         """Per level ``(image, anchor, grid_y, grid_x, target_index)`` of every (target, anchor, cell) pair."""
-        num_anchors = self.detect.na
         neighbours = targets.new_tensor(_NEIGHBOURS)
         out = []
         for level, p in enumerate(predictions):
@@ -146,17 +147,12 @@ class ComputeLossOTA(ComputeLoss):
     def __call__(self, predictions: list[Tensor], targets: Tensor) -> dict[str, Tensor]:
         candidates = self.candidates(predictions, targets)
         with torch.no_grad():
-            assignment = self._assign(predictions, targets, candidates)
-        matches = []
-        for p, (b, a, gj, gi, _), (keep, t) in zip(predictions, candidates, assignment):
-            b, a, gj, gi = b[keep], a[keep], gj[keep], gi[keep]
-            box = self._grid_boxes(targets[t], p)
-            box[:, 0] -= gi
-            box[:, 1] -= gj
-            matches.append((b, a, gj, gi, box, targets[t, 1].long()))
-        return self.losses(predictions, matches)
+            assignment = self.assign(predictions, targets, candidates)
+        selected = [(b[keep], a[keep], gj[keep], gi[keep], t)
+                    for (b, a, gj, gi, _), (keep, t) in zip(candidates, assignment)]
+        return self.losses(predictions, self._positives(predictions, targets, selected))
 
-    def _assign(self, predictions: list[Tensor], targets: Tensor, candidates) -> list[tuple[Tensor, Tensor]]:
+    def assign(self, predictions: list[Tensor], targets: Tensor, candidates) -> list[tuple[Tensor, Tensor]]:
         """Per level ``(candidate_index, target_index)`` of the candidates SimOTA keeps.
 
         Targets are scaled to pixels by the batch width and height (the official code scales both coordinates

@@ -15,6 +15,8 @@ Kernels: csrc/cpu/nms_kernel.cpp, csrc/cuda/nms_kernel.cu. Reference: pydet/refe
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch import Tensor
 
@@ -53,8 +55,12 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
 
 
 def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)  # int, numpy integers, 0-d integer tensors
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
     if value <= 0:
         raise ValueError(f"{name} must be positive, got {value}")
     return value

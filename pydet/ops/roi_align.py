@@ -252,8 +252,7 @@ def _setup_multi_scale_backward(ctx, inputs, output):
 
 def _multi_scale_double_backward(ctx, grad_grads):
     rois, levels = ctx.saved_tensors
-    grad_grads = [torch.zeros_like(g) if g is None else g for g in grad_grads]
-    grad_grad = torch.ops.pydet.multi_scale_roi_align(grad_grads, rois, levels, *ctx.args)
+    grad_grad = torch.ops.pydet.multi_scale_roi_align(list(grad_grads), rois, levels, *ctx.args)
     return (grad_grad,) + (None,) * 11
 
 

@@ -122,3 +122,26 @@ def test_schedule_warms_up_then_decays():
     assert [step(s) for s in (0, 29, 30, 60, 89)] == pytest.approx([1, 1, 0.1, 0.01, 0.01])
     with pytest.raises(ValueError, match="schedule"):
         Schedule(10, "linear")
+
+
+def test_resume_is_exact_for_a_real_model_with_random_sampling(tmp_path):
+    """Faster R-CNN samples anchors and proposals at random: exact resumption needs the generator states."""
+    from pydet import models
+
+    def build():
+        torch.manual_seed(0)
+        return models.build("faster_rcnn_resnet18_fpn", num_classes=4, min_size=64, max_size=64,
+                            rpn_post_nms_top_n_train=100, box_batch_size_per_image=32)
+
+    data = SyntheticShapes(8, 64, seed=2)
+    kwargs = dict(epochs=1, batch_size=2, label_offset=1, lr=0.01, warmup_steps=1, progress=False, seed=3)
+    straight = build()
+    full = train(straight, data, **kwargs)
+    ckpt = tmp_path / "rcnn.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        train(build(), CrashAfter(data, 4), checkpoint=ckpt, checkpoint_every=1, **kwargs)
+    resumed = build()
+    second = train(resumed, data, checkpoint=ckpt, resume=True, **kwargs)
+    assert full.steps == second.steps == 4 and second.losses == full.losses[2:]
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)

@@ -136,7 +136,8 @@ def test_scales_are_inferred_once_like_torchvision(device):
 def test_gradients_reach_the_used_levels(device):
     x, boxes = _fpn(2, device)
     leaves = OrderedDict((k, v.detach().requires_grad_()) for k, v in x.items())
-    MultiScaleRoIAlign(["0", "1", "2", "3"], 4, 2, canonical_scale=CANONICAL)(leaves, boxes, IMAGE_SHAPES).sum().backward()
+    pooler = MultiScaleRoIAlign(["0", "1", "2", "3"], 4, 2, canonical_scale=CANONICAL)
+    pooler(leaves, boxes, IMAGE_SHAPES).sum().backward()
     used = ref.fpn_levels(torch.cat([b.cpu() for b in boxes]), 2, 5, CANONICAL)
     for level, name in enumerate(("0", "1", "2", "3")):
         assert bool(leaves[name].grad.any()) == bool((used == level).any())

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import pydet.models as models
+from pydet import ops
 from tests.conftest import requires_cuda
 from pydet.convert import from_yolov7
 from pydet.modeling.yolo_loss import ComputeLoss, ComputeLossOTA, bbox_ciou
@@ -85,7 +86,8 @@ def test_official_state_dict_layout():
     assert keys[-1] == "model.105.im.2.implicit"
     expected_shapes = {
         "model.0.conv.weight": (32, 3, 3, 3), "model.0.bn.num_batches_tracked": (),
-        "model.11.conv.weight": (256, 256, 1, 1), "model.15.conv.weight": (128, 128, 3, 3), "model.50.conv.weight": (1024, 1024, 1, 1),
+        "model.11.conv.weight": (256, 256, 1, 1), "model.15.conv.weight": (128, 128, 3, 3),
+        "model.50.conv.weight": (1024, 1024, 1, 1),
         "model.51.cv1.conv.weight": (512, 1024, 1, 1), "model.51.cv5.conv.weight": (512, 2048, 1, 1),
         "model.51.cv7.conv.weight": (512, 1024, 1, 1), "model.54.conv.weight": (256, 1024, 1, 1),
         "model.63.conv.weight": (256, 1024, 1, 1), "model.81.conv.weight": (256, 512, 1, 1),
@@ -256,7 +258,6 @@ def test_cpu_objectness_prefilter_keeps_the_same_detections(multi_label):
     scores = class_probs * objectness[..., None]
     if not multi_label:
         scores = scores * F.one_hot(scores.argmax(-1), 6)
-    from pydet import ops
     det_boxes, det_scores, det_labels, counts = ops.multiclass_nms(boxes, scores, 0.3, 0.45, 300)
     assert counts[0] > 5 and counts[2] == 0
     for i, det in enumerate(out):
@@ -368,7 +369,7 @@ def test_ota_assignment_matches_official_loop():
     loss = model.compute_loss
     assert isinstance(loss, ComputeLossOTA)
     candidates = loss.candidates(preds, targets)
-    assignment = loss._assign(preds, targets, candidates)
+    assignment = loss.assign(preds, targets, candidates)
     got = []
     for level, ((b, a, gj, gi, _), (keep, t)) in enumerate(zip(candidates, assignment)):
         got += [(level, *row) for row in zip(b[keep].tolist(), a[keep].tolist(), gj[keep].tolist(),

@@ -335,6 +335,16 @@ def test_multi_scale_matches_reference(seed, aligned, device):
         torch.testing.assert_close(got.grad.cpu(), want.grad, rtol=1e-10, atol=1e-10)
 
 
+def test_multi_scale_channels_last_and_mixed_layouts(device):
+    features, boxes, scales, g = _pyramid(4, dtype=torch.float32)
+    features, boxes = [f.to(device) for f in features], [b.to(device) for b in boxes]
+    levels = torch.randint(0, 3, (16,), generator=g).to(device)
+    expected = ops.multi_scale_roi_align(features, boxes, 4, scales, 2, levels=levels)
+    last = [f.contiguous(memory_format=torch.channels_last) for f in features]
+    for layout in (last, [last[0], features[1], last[2]]):
+        torch.testing.assert_close(ops.multi_scale_roi_align(layout, boxes, 4, scales, 2, levels=levels), expected)
+
+
 def test_multi_scale_gradcheck(device):
     features, boxes, scales, _ = _pyramid(0)
     small = [f[:, :1, :4, :5].contiguous().to(device).requires_grad_() for f in features]
