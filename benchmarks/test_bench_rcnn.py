@@ -11,7 +11,8 @@ from pydet.models import faster_rcnn_resnet50_fpn, mask_rcnn_resnet50_fpn
 
 from benchmarks.conftest import requires_torchvision
 
-IMPLS = ["pydet", pytest.param("torchvision", marks=requires_torchvision)]
+# "pydet-fused": frozen BatchNorm folded into the convolutions (GeneralizedRCNN.fuse).
+IMPLS = ["pydet", "pydet-fused", pytest.param("torchvision", marks=requires_torchvision)]
 
 
 def torchvision_model(with_masks: bool, state_dict):
@@ -40,6 +41,8 @@ def test_rcnn_resnet50_fpn_inference(benchmark, image, with_masks, impl):
     model = (mask_rcnn_resnet50_fpn if with_masks else faster_rcnn_resnet50_fpn)().eval()
     if impl == "torchvision":
         model = torchvision_model(with_masks, model.state_dict())
+    elif impl == "pydet-fused":
+        model.fuse()
 
     def run():
         with torch.inference_mode():

@@ -5,6 +5,7 @@ import torch
 
 from pydet import ops
 from pydet.convert import from_torchvision
+from pydet.modeling.layers import FrozenBatchNorm2d
 from pydet.modeling.matcher import BalancedPositiveNegativeSampler, Matcher
 from pydet.modeling.roi_heads import project_masks_on_boxes
 from pydet.models import (available, build, faster_rcnn_resnet18_fpn, faster_rcnn_resnet50_fpn,
@@ -366,6 +367,25 @@ def test_eval_output_format():
         assert det["masks"].min() >= 0 and det["masks"].max() <= 1 and det["masks"].max() > 0
         assert (det["boxes"][:, 0::2] <= w).all() and (det["boxes"][:, 1::2] <= h).all() and (det["boxes"] >= 0).all()
         assert (det["scores"][:-1] >= det["scores"][1:]).all()
+
+
+def test_fuse_folds_frozen_batchnorm_without_changing_features():
+    torch.manual_seed(0)
+    model = mask_rcnn_resnet18_fpn(num_classes=3, **TINY).eval()
+    with torch.no_grad():
+        for m in model.backbone.modules():  # non-trivial statistics, so that folding has work to do
+            if isinstance(m, FrozenBatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0.0, 0.1)
+                m.running_mean.normal_(0.0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+        x = torch.rand(1, 3, 128, 160)
+        expected = model.backbone(x)
+        model.fuse()
+        assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+        for name, value in model.backbone(x).items():
+            torch.testing.assert_close(value, expected[name], rtol=1e-4, atol=1e-4)
+        assert model([torch.rand(3, 100, 120)])[0]["masks"].shape[1:] == (1, 100, 120)
 
 
 def test_eval_with_zero_detections():
