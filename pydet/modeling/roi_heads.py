@@ -179,7 +179,8 @@ class RoIHeads(nn.Module):
         gt, gt_valid = pad_per_image(gt_boxes)
         gt_labels, _ = pad_per_image([t["labels"] for t in targets])
         # IoU of every image's ground truth with every image's RoIs in one kernel call; the blocks on the
-        # diagonal (image with itself) are the [B, M, P] quality matrices.
+        # diagonal (image with itself) are the [B, M, P] quality matrices. The B^2 * M * P work is small at
+        # the few images per device that detectors train with.
         quality = ops.box_iou(gt.reshape(-1, 4), rois.reshape(-1, 4))
         quality = quality.view(num_images, gt.shape[1], num_images, rois.shape[1]).diagonal(dim1=0, dim2=2)
         matches = self.matcher(quality.permute(2, 0, 1), gt_valid)
@@ -202,8 +203,8 @@ class RoIHeads(nn.Module):
                                                       regression_targets, slot_sampled.reshape(-1))
         losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
         if self.has_mask:
-            # The mask head is the costliest part of training: it runs on the positives only, whose count
-            # is read back once.
+            # The mask head is costly per RoI, so it runs on the positives only (their count is read back
+            # once) rather than on fixed-size padded slots.
             image_idx, slot = (slot_sampled & (slot_labels > 0)).nonzero(as_tuple=True)
             counts = torch.bincount(image_idx, minlength=num_images).tolist()
             mask_boxes = slot_boxes[image_idx, slot]
