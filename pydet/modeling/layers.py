@@ -31,8 +31,9 @@ class FrozenBatchNorm2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         scale = self.weight * (self.running_var + self.eps).rsqrt()
         shift = self.bias - self.running_mean * scale
-        # One fused pass over x: this layer follows every conv of the backbones.
-        return torch.addcmul(shift.reshape(1, -1, 1, 1).to(x.dtype), x, scale.reshape(1, -1, 1, 1).to(x.dtype))
+        # Multiply, then add in place into the product: the same two roundings as torchvision's
+        # x * scale + shift (so outputs stay bit-identical), without a second full-size temporary.
+        return x.mul(scale.reshape(1, -1, 1, 1).to(x.dtype)).add_(shift.reshape(1, -1, 1, 1).to(x.dtype))
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"

@@ -57,6 +57,10 @@ def test_frozen_batchnorm_equals_eval_batchnorm_and_loads_bn_checkpoints():
     frozen.load_state_dict(bn.state_dict())  # num_batches_tracked is dropped
     x = torch.randn(2, 8, 5, 5)
     torch.testing.assert_close(frozen(x), bn(x))
+    # bit-identical to torchvision's FrozenBatchNorm2d formula, so converted models give equal outputs
+    scale = frozen.weight * (frozen.running_var + frozen.eps).rsqrt()
+    shift = frozen.bias - frozen.running_mean * scale
+    assert torch.equal(frozen(x), x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1))
     assert _num_params(frozen) == 0
 
 
