@@ -2,6 +2,7 @@
 torchvision's per-image order of operations, training and inference behaviour on CPU."""
 import pytest
 import torch
+from torch import nn
 
 from pydet import ops
 from pydet.convert import from_torchvision
@@ -10,6 +11,7 @@ from pydet.modeling.matcher import BalancedPositiveNegativeSampler, Matcher
 from pydet.modeling.roi_heads import project_masks_on_boxes
 from pydet.models import (available, build, faster_rcnn_resnet18_fpn, faster_rcnn_resnet50_fpn,
                           mask_rcnn_resnet18_fpn, mask_rcnn_resnet50_fpn)
+from pydet.models.generalized_rcnn import _SMALL_DEFAULTS, build_rcnn
 from tests.conftest import random_boxes
 
 @pytest.fixture(autouse=True, scope="module")
@@ -369,12 +371,15 @@ def test_eval_output_format():
         assert (det["scores"][:-1] >= det["scores"][1:]).all()
 
 
-def test_fuse_folds_frozen_batchnorm_without_changing_features():
+@pytest.mark.parametrize("norm", [FrozenBatchNorm2d, nn.BatchNorm2d])
+def test_fuse_folds_batchnorm_without_changing_features(norm):
     torch.manual_seed(0)
-    model = mask_rcnn_resnet18_fpn(num_classes=3, **TINY).eval()
+    model = build_rcnn(depth=18, num_classes=3, with_masks=True, defaults=_SMALL_DEFAULTS, overrides=TINY,
+                       fpn_channels=32, representation_size=64, mask_channels=16, norm_layer=norm).eval()
+    assert sum(isinstance(m, norm) for m in model.backbone.modules()) == 20  # stem, 16 in blocks, 3 downsample
     with torch.no_grad():
         for m in model.backbone.modules():  # non-trivial statistics, so that folding has work to do
-            if isinstance(m, FrozenBatchNorm2d):
+            if isinstance(m, norm):
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.normal_(0.0, 0.1)
                 m.running_mean.normal_(0.0, 0.1)
@@ -382,7 +387,7 @@ def test_fuse_folds_frozen_batchnorm_without_changing_features():
         x = torch.rand(1, 3, 128, 160)
         expected = model.backbone(x)
         model.fuse()
-        assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+        assert not any(isinstance(m, norm) for m in model.modules())
         for name, value in model.backbone(x).items():
             torch.testing.assert_close(value, expected[name], rtol=1e-4, atol=1e-4)
         assert model([torch.rand(3, 100, 120)])[0]["masks"].shape[1:] == (1, 100, 120)
@@ -434,3 +439,13 @@ def test_bad_targets_give_clear_errors():
     bad[0]["masks"] = bad[0]["masks"][:, :64]
     with pytest.raises(ValueError, match="image's size"):
         model(images, bad)
+
+
+def test_small_presets_learn_their_batchnorm_statistics():
+    # Trained from scratch, the small presets need BatchNorm that normalises (frozen identity statistics
+    # do not); the R-50 models keep torchvision's frozen BatchNorm for pretrained weights.
+    small = faster_rcnn_resnet18_fpn(num_classes=3)
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in small.modules())
+    bns = [m for m in small.backbone.body.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 20 and all(m.weight.requires_grad for m in bns)
+    assert mask_rcnn_resnet18_fpn(num_classes=3).roi_heads.mask_head[0][0].out_channels == 64
