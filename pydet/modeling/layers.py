@@ -37,3 +37,17 @@ class FrozenBatchNorm2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+# Backbone normalisation by name, as detectron2's NORM setting: "frozen_bn" keeps pretrained statistics
+# (fine-tuning with 1-2 images per device); "bn" learns them, which a backbone trained from scratch needs
+# (torchvision builds BatchNorm2d whenever no pretrained weights are loaded, for the same reason).
+NORM_LAYERS = {"frozen_bn": FrozenBatchNorm2d, "bn": nn.BatchNorm2d}
+
+
+def norm_layer(name: str):
+    """The normalisation layer class called ``name`` (one of ``NORM_LAYERS``)."""
+    try:
+        return NORM_LAYERS[name]
+    except KeyError:
+        raise ValueError(f"backbone_norm must be one of {', '.join(map(repr, NORM_LAYERS))}, got {name!r}") from None

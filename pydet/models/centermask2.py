@@ -21,6 +21,7 @@ from ..modeling.backbones.resnet import BackboneWithFPN, ResNet
 from ..modeling.backbones.vovnet import VoVNet
 from ..modeling.fcos import FCOS, FCOSHead
 from ..modeling.fpn import FeaturePyramidNetwork
+from ..modeling.layers import norm_layer
 from ..modeling.matcher import BalancedPositiveNegativeSampler, Matcher
 from ..modeling.sag_mask import (MaskIoUHead, SAGMaskHead, mask_area_inside_box, mask_targets, maskiou_loss,
                                  maskiou_targets)
@@ -29,7 +30,7 @@ from . import register
 
 LEVELS = ("p3", "p4", "p5", "p6", "p7")
 MASK_LEVELS = ("p3", "p4", "p5")
-BACKBONES = ("vovnet19", "vovnet39", "vovnet57", "vovnet99", "resnet50")
+BACKBONES = ("vovnet19", "vovnet19_slim", "vovnet39", "vovnet57", "vovnet99", "resnet50")
 
 
 class CenterMask2(nn.Module):
@@ -172,25 +173,28 @@ class CenterMask2(nn.Module):
         return detections
 
 
-def _backbone(name: str, out_channels: int) -> BackboneWithFPN:
+def _backbone(name: str, out_channels: int, norm: type[nn.Module]) -> BackboneWithFPN:
     if name == "resnet50":
-        body = ResNet(50, returned_layers=(2, 3, 4))
+        body = ResNet(50, norm_layer=norm, returned_layers=(2, 3, 4))
         body.freeze(3)  # detectron2's FREEZE_AT=2: the stem and res2 stay at their pretrained values
     else:
-        body = VoVNet(int(name[len("vovnet"):]), returned_stages=(3, 4, 5))
+        depth, _, variant = name[len("vovnet"):].partition("_")
+        body = VoVNet(int(depth), slim=variant == "slim", norm_layer=norm, returned_stages=(3, 4, 5))
     fpn = FeaturePyramidNetwork(body.out_channels_list, out_channels,
                                 extra_blocks=LastLevelP6P7(out_channels, out_channels, use_p5=True))
     return BackboneWithFPN(body, fpn)
 
 
 @register("centermask2")
-def centermask2(backbone: str = "vovnet39", num_classes: int = 80, lite: bool = False, **overrides) -> CenterMask2:
-    """CenterMask2 on ``backbone`` (``vovnet19/39/57/99`` = VoVNetV2-eSE, or ``resnet50``).
+def centermask2(backbone: str = "vovnet39", num_classes: int = 80, lite: bool = False, *,
+                backbone_norm: str = "frozen_bn", **overrides) -> CenterMask2:
+    """CenterMask2 on ``backbone`` (``vovnet19/39/57/99`` = VoVNetV2-eSE, ``vovnet19_slim``, or ``resnet50``).
 
     ``lite=True`` gives CenterMask-Lite: FPN and heads at 128 channels, 2-conv FCOS towers, mask and
     MaskIoU heads, images resized to 580-600 px (600 at test) with a 1000 px cap. ``overrides`` are
     :class:`CenterMask2` keyword arguments (``min_size``, ``max_size``, ``box_score_thresh``,
-    ``box_nms_thresh``, ``box_detections_per_img``, ``pre_nms_top_n_test``, ...).
+    ``box_nms_thresh``, ``box_detections_per_img``, ``pre_nms_top_n_test``, ...). ``backbone_norm``:
+    ``"frozen_bn"`` (the official configs, for pretrained backbones) or ``"bn"`` (training from scratch).
     """
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
@@ -201,10 +205,10 @@ def centermask2(backbone: str = "vovnet39", num_classes: int = 80, lite: bool = 
     else:
         settings, channels = {}, 256
     settings.update(overrides)
-    return CenterMask2(_backbone(backbone, channels), num_classes, **settings)
+    return CenterMask2(_backbone(backbone, channels, norm_layer(backbone_norm)), num_classes, **settings)
 
 
 for _name in BACKBONES:
     register(f"centermask2_{_name}")(partial(centermask2, _name))
-for _name in ("vovnet19", "vovnet39"):
+for _name in ("vovnet19_slim", "vovnet19", "vovnet39"):
     register(f"centermask2_lite_{_name}")(partial(centermask2, _name, lite=True))

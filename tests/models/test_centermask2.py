@@ -94,6 +94,32 @@ def test_vovnet_layout(depth, blocks, layers):
     assert [tuple(f.shape[1:]) for f in out.values()] == [(256, 25, 26), (512, 12, 13), (768, 6, 6), (1024, 3, 3)]
     with pytest.raises(ValueError, match="depth"):
         VoVNet(42)
+    with pytest.raises(ValueError, match="V-39-slim-eSE"):
+        VoVNet(39, slim=True)
+
+
+def test_vovnet19_slim_is_the_half_width_v19():
+    net = VoVNet(19, slim=True, returned_stages=(2, 3, 4, 5))
+    assert [m.layers[0][0].out_channels for m in (net.stage2.osa1, net.stage3.osa1, net.stage4.osa1,
+                                                  net.stage5.osa1)] == [64, 80, 96, 112]
+    out = net(torch.rand(1, 3, 64, 64))
+    assert [f.shape[1] for f in out.values()] == [112, 256, 384, 512]
+    assert _num_params(net) < _num_params(VoVNet(19)) / 3
+    lite = centermask2("vovnet19_slim", num_classes=3, lite=True)
+    assert lite.backbone.body.out_channels_list == [256, 384, 512]
+    assert "centermask2_lite_vovnet19_slim" in pydet.models.available()
+
+
+def test_backbone_norm_choices():
+    from pydet.modeling.layers import FrozenBatchNorm2d
+    default = centermask2("vovnet19", lite=True)
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in default.backbone.modules())
+    scratch = centermask2("vovnet19_slim", lite=True, backbone_norm="bn")
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in scratch.modules())
+    bns = [m for m in scratch.backbone.body.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 3 + 4 * 4 and all(m.weight.requires_grad for m in bns)  # stem, 4 OSA modules of 3+1 convs
+    with pytest.raises(ValueError, match="backbone_norm"):
+        centermask2("vovnet19", backbone_norm="group")
 
 
 def test_resnet50_freezes_stem_and_res2_only():

@@ -3,7 +3,7 @@
 An OSA module runs a chain of 3x3 convs, concatenates its input with every intermediate output once,
 fuses them with a 1x1 conv and reweights the channels with effective Squeeze-Excitation (one 1x1
 conv, hard sigmoid). Every block after a stage's first adds its input back. Layouts follow
-youngwanLEE/centermask2's ``V-19-eSE``, ``V-39-eSE``, ``V-57-eSE`` and ``V-99-eSE``.
+youngwanLEE/centermask2's ``V-19-eSE``, ``V-19-slim-eSE``, ``V-39-eSE``, ``V-57-eSE`` and ``V-99-eSE``.
 """
 from __future__ import annotations
 
@@ -28,10 +28,13 @@ class VoVNetSpec(NamedTuple):
 
 _WIDTHS = dict(stage_channels=(128, 160, 192, 224), out_channels=(256, 512, 768, 1024))
 VOVNET_SPECS = {
-    19: VoVNetSpec(**_WIDTHS, layers_per_block=3, blocks_per_stage=(1, 1, 1, 1)),
-    39: VoVNetSpec(**_WIDTHS, layers_per_block=5, blocks_per_stage=(1, 1, 2, 2)),
-    57: VoVNetSpec(**_WIDTHS, layers_per_block=5, blocks_per_stage=(1, 1, 4, 3)),
-    99: VoVNetSpec(**_WIDTHS, layers_per_block=5, blocks_per_stage=(1, 3, 9, 3)),
+    "V-19-eSE": VoVNetSpec(**_WIDTHS, layers_per_block=3, blocks_per_stage=(1, 1, 1, 1)),
+    # CenterMask-Lite's real-time backbone: the V-19 layout at half the OSA widths
+    "V-19-slim-eSE": VoVNetSpec(stage_channels=(64, 80, 96, 112), out_channels=(112, 256, 384, 512),
+                                layers_per_block=3, blocks_per_stage=(1, 1, 1, 1)),
+    "V-39-eSE": VoVNetSpec(**_WIDTHS, layers_per_block=5, blocks_per_stage=(1, 1, 2, 2)),
+    "V-57-eSE": VoVNetSpec(**_WIDTHS, layers_per_block=5, blocks_per_stage=(1, 1, 4, 3)),
+    "V-99-eSE": VoVNetSpec(**_WIDTHS, layers_per_block=5, blocks_per_stage=(1, 3, 9, 3)),
 }
 STEM_CHANNELS = (64, 64, 128)
 
@@ -80,14 +83,15 @@ class VoVNet(nn.Module):
     stages 3-5 each open with a 3x3 stride-2 max-pool in ceil mode.
     """
 
-    def __init__(self, depth: int = 39, *, norm_layer: NormLayer = FrozenBatchNorm2d,
+    def __init__(self, depth: int = 39, *, slim: bool = False, norm_layer: NormLayer = FrozenBatchNorm2d,
                  returned_stages: Sequence[int] = (3, 4, 5)):
         super().__init__()
-        if depth not in VOVNET_SPECS:
-            raise ValueError(f"depth must be one of {sorted(VOVNET_SPECS)}, got {depth}")
+        name = f"V-{depth}{'-slim' if slim else ''}-eSE"
+        if name not in VOVNET_SPECS:
+            raise ValueError(f"depth (and slim) must name one of {', '.join(VOVNET_SPECS)}, got {name}")
         if not returned_stages or any(s not in (2, 3, 4, 5) for s in returned_stages):
             raise ValueError(f"returned_stages must be a non-empty subset of 2..5, got {returned_stages}")
-        spec = VOVNET_SPECS[depth]
+        spec = VOVNET_SPECS[name]
         c1, c2, c3 = STEM_CHANNELS
         self.stem = nn.Sequential(ConvNormReLU(3, c1, 3, 2, norm_layer), ConvNormReLU(c1, c2, 3, 1, norm_layer),
                                   ConvNormReLU(c2, c3, 3, 2, norm_layer))
