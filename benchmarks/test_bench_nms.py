@@ -53,14 +53,14 @@ def _op(impl, name):
     return getattr(torchvision.ops, name)
 
 
-@pytest.mark.parametrize("size, impl", _cases([1000, 5000, 20000], reference_limit=5000))
+@pytest.mark.parametrize("size, impl", list(_cases([1000, 5000, 20000], reference_limit=5000)))
 def test_nms(benchmark, size, impl):
     benchmark.group = f"nms-{size // 1000}k"
     boxes, scores, _ = _inputs(size, 1, "cuda" if impl.endswith("cuda") else "cpu")
     _timed(benchmark, impl, _op(impl, "nms"), boxes, scores, IOU)
 
 
-@pytest.mark.parametrize("size, impl", _cases([20000], reference_limit=20000))
+@pytest.mark.parametrize("size, impl", list(_cases([20000], reference_limit=20000)))
 def test_batched_nms(benchmark, size, impl):
     benchmark.group = f"batched_nms-{size // 1000}k-80cls"
     boxes, scores, idxs = _inputs(size, 80, "cuda" if impl.endswith("cuda") else "cpu")
@@ -88,7 +88,7 @@ def _torchvision_multiclass_nms(boxes, scores, score_threshold, iou_threshold, m
     return detections
 
 
-@pytest.mark.parametrize("size, impl", _cases([YOLO["boxes"]], reference_limit=0))
+@pytest.mark.parametrize("size, impl", list(_cases([YOLO["boxes"]], reference_limit=0)))
 def test_multiclass_nms(benchmark, size, impl):
     benchmark.group = "multiclass_nms-yolov7-640-b16"
     boxes, scores = _yolo_outputs("cuda" if impl.endswith("cuda") else "cpu")

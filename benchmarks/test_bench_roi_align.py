@@ -57,9 +57,15 @@ def test_roi_align_forward(benchmark, problem, impl):
 
 
 @pytest.mark.benchmark(group="roi_align-forward-1000x2x256x200x304-channels-last")
-def test_roi_align_forward_channels_last(benchmark, problem):
+@pytest.mark.parametrize("impl", ["pydet", pytest.param("torchvision", marks=requires_torchvision)])
+def test_roi_align_forward_channels_last(benchmark, problem, impl):
     x, rois, _ = problem
-    benchmark(ops.roi_align, x.contiguous(memory_format=torch.channels_last), rois, OUTPUT, SCALE, SAMPLING)
+    x = x.contiguous(memory_format=torch.channels_last)
+    if impl == "pydet":
+        benchmark(ops.roi_align, x, rois, OUTPUT, SCALE, SAMPLING)
+    else:
+        import torchvision
+        benchmark(torchvision.ops.roi_align, x, rois, OUTPUT, SCALE, SAMPLING)
 
 
 @pytest.mark.benchmark(group="roi_align-backward-1000x2x256x200x304")
