@@ -15,7 +15,7 @@ import torch
 
 from . import ops
 
-SMALL_MODELS = ("faster_rcnn_resnet18_fpn", "mask_rcnn_resnet18_fpn", "yolov7_tiny_320", "centermask2_lite_vovnet19")
+SMALL_MODELS = ("faster_rcnn_resnet18_fpn", "mask_rcnn_resnet18_fpn", "yolov7_tiny_320", "centermask2_lite_vovnet19_slim")
 
 
 def _boxes(n: int, g: torch.Generator, size: float = 800.0, max_side: float = 200.0) -> torch.Tensor:

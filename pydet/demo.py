@@ -17,7 +17,7 @@ import torch
 from . import models
 from .cli import main as cli_main
 from .data import SyntheticShapes, write_synthetic_video
-from .data.transforms import Mosaic, RandomHorizontalFlip
+from .data.transforms import RandomHorizontalFlip
 from .engine import LabelMap, evaluate, model_info, train
 from .engine.model_info import input_size_kwargs
 
@@ -28,18 +28,19 @@ _RCNN_SPEED = {"box_batch_size_per_image": 64, "rpn_pre_nms_top_n_train": 600, "
                "rpn_pre_nms_top_n_test": 300, "rpn_post_nms_top_n_test": 100}
 
 # Per preset: image size, extra build arguments and a CPU training recipe sized for about two minutes of a
-# two-core machine. Fewer sampled RoIs and proposals keep the R-CNN steps short, and AdamW trains their
-# unnormalised (frozen-BN) backbones from scratch far better than SGD; YOLOv7 is evaluated at the official
-# test threshold (0.001) and trains on mosaics half of the time.
+# two-core machine. Fewer sampled RoIs and proposals keep the R-CNN steps short; AdamW trains these
+# from-scratch models far better than SGD at this length (YOLOv7-tiny: 0.47 against 0.12 bbox mAP at 500
+# steps). Mosaic is off: at 128 pixels its half-size tiles shrink the shapes below what the model learns in
+# two minutes (0.28 against 0.47). YOLOv7 is evaluated at the official test threshold (0.001).
 RECIPES = {
     "faster_rcnn_resnet18_fpn": {"image_size": 128, "model": _RCNN_SPEED,
                                  "train": dict(optimizer="adamw", lr=3e-4, steps=300, batch_size=4)},
     "mask_rcnn_resnet18_fpn": {"image_size": 128, "model": _RCNN_SPEED,
-                               "train": dict(optimizer="adamw", lr=3e-4, steps=200, batch_size=4)},
-    "yolov7_tiny_320": {"image_size": 96, "model": {"box_score_thresh": 0.001}, "mosaic": 0.5,
-                        "train": dict(optimizer="adamw", lr=0.004, weight_decay=5e-4, steps=500, batch_size=8)},
-    "centermask2_lite_vovnet19": {"image_size": 128, "model": {},
-                                  "train": dict(optimizer="sgd", lr=0.01, steps=150, batch_size=4)},
+                               "train": dict(optimizer="adamw", lr=3e-4, steps=350, batch_size=4)},
+    "yolov7_tiny_320": {"image_size": 128, "model": {"box_score_thresh": 0.001},
+                        "train": dict(optimizer="adamw", lr=0.004, weight_decay=5e-4, steps=700, batch_size=8)},
+    "centermask2_lite_vovnet19_slim": {"image_size": 128, "model": {"backbone_norm": "bn"},
+                                       "train": dict(optimizer="adamw", lr=2e-3, steps=300, batch_size=4)},
 }
 
 
@@ -52,8 +53,6 @@ def run_preset(name: str, out: Path, video: Path, steps_scale: float, eval_image
     train_set = SyntheticShapes(num_images=max(steps * settings["batch_size"], 64), image_size=size,
                                 num_classes=NUM_CLASSES, seed=0, transforms=RandomHorizontalFlip())
     label_map = LabelMap.for_model(name, train_set.categories)
-    if recipe.get("mosaic"):
-        train_set = Mosaic(train_set, size, p=recipe["mosaic"])
     kwargs = {"num_classes": label_map.num_model_classes, **input_size_kwargs(name, size), **recipe["model"]}
     torch.manual_seed(0)
     model = models.build(name, **kwargs)
