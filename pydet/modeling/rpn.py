@@ -48,7 +48,8 @@ def flatten_levels(logits: list[Tensor], deltas: list[Tensor]) -> tuple[Tensor, 
     for lg, dl in zip(logits, deltas):
         b, a, h, w = lg.shape
         flat_logits.append(lg.permute(0, 2, 3, 1).reshape(b, -1))
-        flat_deltas.append(dl.view(b, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, 4))
+        # reshape, not view: the maps may be channels-last (GeneralizedRCNN's eval forward)
+        flat_deltas.append(dl.reshape(b, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, 4))
         per_level.append(a * h * w)
     return torch.cat(flat_logits, 1), torch.cat(flat_deltas, 1), per_level
 

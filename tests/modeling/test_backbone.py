@@ -5,6 +5,7 @@ from torch import nn
 from pydet import ops
 from pydet.modeling import AnchorGenerator, FeaturePyramidNetwork, FrozenBatchNorm2d, LastLevelP6P7
 from pydet.modeling.backbones import ResNet, resnet_fpn_backbone
+from pydet.modeling.layers import conv_norm
 from pydet.reference import anchors as ref_anchors
 from pydet.structures import batch_images
 
@@ -62,6 +63,32 @@ def test_frozen_batchnorm_equals_eval_batchnorm_and_loads_bn_checkpoints():
     shift = frozen.bias - frozen.running_mean * scale
     assert torch.equal(frozen(x), x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1))
     assert _num_params(frozen) == 0
+
+
+@pytest.mark.parametrize("norm_cls", [FrozenBatchNorm2d, nn.BatchNorm2d])
+@pytest.mark.parametrize("conv_bias", [False, True])
+def test_conv_norm_folds_out_of_training_only(norm_cls, conv_bias):
+    torch.manual_seed(0)
+    conv, norm = nn.Conv2d(4, 8, 3, padding=1, bias=conv_bias), norm_cls(8)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2), norm.bias.normal_(), norm.running_mean.normal_(), norm.running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 4, 9, 7, requires_grad=True)
+    # training: the two steps, bit for bit (a BatchNorm2d uses batch statistics and updates its running ones)
+    conv.train(), norm.train()
+    assert torch.equal(conv_norm(conv, norm, x), norm(conv(x)))
+    conv.eval(), norm.eval()
+    expected = norm(conv(x))
+    folded = conv_norm(conv, norm, x)
+    torch.testing.assert_close(folded, expected, rtol=1e-5, atol=1e-5)
+    # gradients go through the fold: to the input, the conv weight and a BatchNorm2d's affine parameters
+    params = [x, conv.weight] + ([norm.weight] if norm_cls is nn.BatchNorm2d else [])
+    for a, b in zip(torch.autograd.grad(folded.square().sum(), params), torch.autograd.grad(expected.square().sum(), params)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # folded at each call, so changed statistics are seen at once
+    with torch.no_grad():
+        norm.running_var.mul_(4)
+        torch.testing.assert_close(conv_norm(conv, norm, x), norm(conv(x)), rtol=1e-5, atol=1e-5)
+    assert torch.equal(conv_norm(conv, nn.Identity(), x), conv(x))
 
 
 def test_anchor_generator_matches_torchvision_reference():

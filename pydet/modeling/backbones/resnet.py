@@ -11,9 +11,17 @@ from typing import Callable, Sequence
 from torch import Tensor, nn
 
 from ..fpn import FeaturePyramidNetwork, LastLevelMaxPool
-from ..layers import FrozenBatchNorm2d
+from ..layers import FrozenBatchNorm2d, conv_norm
 
 NormLayer = Callable[[int], nn.Module]
+
+
+def _downsample(downsample: nn.Sequential | None, x: Tensor) -> Tensor:
+    """The residual branch: ``x``, or ``downsample = Sequential(conv, norm)`` applied with ``conv_norm``."""
+    if downsample is None:
+        return x
+    conv, norm = downsample
+    return conv_norm(conv, norm, x)
 
 
 class BasicBlock(nn.Module):
@@ -30,10 +38,11 @@ class BasicBlock(nn.Module):
         self.downsample = downsample
 
     def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        identity = _downsample(self.downsample, x)
+        out = self.relu(conv_norm(self.conv1, self.bn1, x))
+        out = conv_norm(self.conv2, self.bn2, out)
+        out += identity  # in place, as torchvision: no full-size temporary (nothing saved for backward needs it)
+        return self.relu(out)
 
 
 class Bottleneck(nn.Module):
@@ -52,11 +61,12 @@ class Bottleneck(nn.Module):
         self.downsample = downsample
 
     def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        identity = _downsample(self.downsample, x)
+        out = self.relu(conv_norm(self.conv1, self.bn1, x))
+        out = self.relu(conv_norm(self.conv2, self.bn2, out))
+        out = conv_norm(self.conv3, self.bn3, out)
+        out += identity  # in place, as torchvision: no full-size temporary (nothing saved for backward needs it)
+        return self.relu(out)
 
 
 _DEPTHS = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)), 50: (Bottleneck, (3, 4, 6, 3)),
@@ -115,7 +125,7 @@ class ResNet(nn.Module):
             p.requires_grad_(any(name.startswith(t) for t in train))
 
     def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(self.relu(conv_norm(self.conv1, self.bn1, x)))
         out: OrderedDict[str, Tensor] = OrderedDict()
         for stage in range(1, 5):
             x = getattr(self, f"layer{stage}")(x)
