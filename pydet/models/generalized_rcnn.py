@@ -87,6 +87,8 @@ class GeneralizedRCNN(nn.Module):
         leaves plain convolutions, for export. The state dict changes (BatchNorm buffers become conv
         biases): load weights first, and do not train the fused model.
         """
+        if any(isinstance(m, nn.BatchNorm2d) and m.training for m in self.backbone.modules()):
+            raise RuntimeError("fuse() folds BatchNorm2d running statistics: call model.eval() first")
         for module in list(self.backbone.modules()):
             children = dict(module.named_children())
             pairs = [(f"conv{i}", f"bn{i}") for i in range(1, 4)] + [("0", "1")]  # ResNet stem/blocks, downsample

@@ -441,6 +441,13 @@ def test_bad_targets_give_clear_errors():
         model(images, bad)
 
 
+def test_fuse_needs_eval_mode_for_trainable_batchnorm():
+    model = faster_rcnn_resnet18_fpn(num_classes=3, **TINY).train()
+    with pytest.raises(RuntimeError, match=r"model\.eval\(\)"):
+        model.fuse()
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # nothing was folded
+
+
 def test_small_presets_learn_their_batchnorm_statistics():
     # Trained from scratch, the small presets need BatchNorm that normalises (frozen identity statistics
     # do not); the R-50 models keep torchvision's frozen BatchNorm for pretrained weights.
