@@ -115,8 +115,12 @@ def _logged_step(log: Path) -> int:
         lines = log.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         return 0
-    steps = [json.loads(line).get("step", 0) for line in lines[-3:] if line.strip().endswith("}")]
-    return max(steps, default=0)
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line).get("step", 0))
+        except ValueError:  # the line being written
+            continue
+    return 0
 
 
 def run_parallel(names: list[str], out: Path, video: Path, steps_scale: float, eval_images: int, jobs: int,
@@ -132,6 +136,8 @@ def run_parallel(names: list[str], out: Path, video: Path, steps_scale: float, e
 
     context = multiprocessing.get_context("spawn")  # a fork of a process holding OpenMP threads may hang
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
+        for name in names:  # a previous run's log would show its progress until the worker starts
+            (out / name / "log.jsonl").unlink(missing_ok=True)
         futures = {name: pool.submit(run_preset, name, out, video, steps_scale, eval_images, False)
                    for name in names}
         bars = {name: tqdm(total=preset_steps(name, steps_scale), desc=f"{name:<31}", position=i, file=sys.stderr,

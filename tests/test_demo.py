@@ -55,3 +55,10 @@ def test_demo_trains_presets_side_by_side_in_worker_processes(tmp_path, capsys):
 def test_demo_rejects_an_unknown_preset(tmp_path):
     with pytest.raises(SystemExit):
         demo.main(["--model", "no_such_model", "--out", str(tmp_path)])
+
+
+def test_progress_reads_the_last_complete_log_record(tmp_path):
+    log = tmp_path / "log.jsonl"
+    assert demo._logged_step(log) == 0  # not written yet
+    log.write_text('{"event": "step", "step": 10}\n{"event": "step", "step": 20, "losses": {"a": 1}')
+    assert demo._logged_step(log) == 10  # the second record is still being written
