@@ -143,14 +143,20 @@ def run_parallel(names: list[str], out: Path, video: Path, steps_scale: float, e
         bars = {name: tqdm(total=preset_steps(name, steps_scale), desc=f"{name:<31}", position=i, file=sys.stderr,
                            dynamic_ncols=True, unit="step") for i, name in enumerate(names)}
         try:
-            pending = set(futures.values())
+            pending, finished = set(futures.values()), set()
             while pending:
                 _, pending = wait(pending, timeout=2.0, return_when=FIRST_COMPLETED)
                 for name, bar in bars.items():
-                    step = bar.total if futures[name].done() else _logged_step(out / name / "log.jsonl")
-                    bar.update(step - bar.n)
-                    if futures[name].done() and futures[name].exception() is None:
-                        bar.set_postfix_str(f"bbox mAP {futures[name].result()['bbox_mAP']:.3f}")
+                    future = futures[name]
+                    if future in finished:
+                        continue
+                    if not future.done():
+                        bar.update(_logged_step(out / name / "log.jsonl") - bar.n)
+                        continue
+                    finished.add(future)
+                    bar.update(bar.total - bar.n)
+                    if future.exception() is None:
+                        bar.set_postfix_str(f"bbox mAP {future.result()['bbox_mAP']:.3f}")
         finally:
             for bar in bars.values():
                 bar.close()

@@ -29,8 +29,7 @@ class FrozenBatchNorm2d(nn.Module):
                                       error_msgs)
 
     def forward(self, x: Tensor) -> Tensor:
-        scale = self.weight * (self.running_var + self.eps).rsqrt()
-        shift = self.bias - self.running_mean * scale
+        scale, shift = batchnorm_scale_shift(self)
         # Multiply, then add in place into the product: the same two roundings as torchvision's
         # x * scale + shift (so outputs stay bit-identical), without a second full-size temporary.
         return x.mul(scale.reshape(1, -1, 1, 1).to(x.dtype)).add_(shift.reshape(1, -1, 1, 1).to(x.dtype))
