@@ -2,7 +2,8 @@
 
 Baselines: the float64 reference, and ``grid_sample`` — detectron2's CPU method (one mask at a time,
 F.grid_sample on a grid over the box's window, written out here) — and torchvision's
-``paste_masks_in_image`` where torchvision imports.
+``paste_masks_in_image`` where torchvision imports. On CUDA the ``grid_sample`` baseline is detectron2's GPU
+method: chunks of masks sampled with one grid over the whole image each.
 """
 import pytest
 import torch
@@ -42,11 +43,30 @@ def grid_sample_paste(masks, boxes, image_shape, threshold):
     return out
 
 
+def grid_sample_paste_whole_image(masks, boxes, image_shape, threshold, chunk_bytes=1 << 30):
+    """detectron2's GPU path: a chunk of masks at a time, each sampled on a grid covering the whole image."""
+    height, width = image_shape
+    out = torch.empty(masks.shape[0], height, width, dtype=torch.bool, device=masks.device)
+    ys = torch.arange(height, device=masks.device, dtype=torch.float32) + 0.5
+    xs = torch.arange(width, device=masks.device, dtype=torch.float32) + 0.5
+    per_mask = height * width * 4 * 3  # the float grid (x, y) and the sampled values
+    chunk = max(1, min(masks.shape[0], chunk_bytes // per_mask))
+    for start in range(0, masks.shape[0], chunk):
+        x0, y0, x1, y1 = boxes[start:start + chunk, :, None].unbind(1)
+        gx = ((xs[None] - x0) / (x1 - x0) * 2 - 1)[:, None, :].expand(-1, height, -1)
+        gy = ((ys[None] - y0) / (y1 - y0) * 2 - 1)[:, :, None].expand(-1, -1, width)
+        window = F.grid_sample(masks[start:start + chunk, None], torch.stack([gx, gy], dim=3), align_corners=False)
+        out[start:start + chunk] = window[:, 0] >= threshold
+    return out
+
+
 @pytest.mark.benchmark(group="paste_masks-100x28x28-800x1216")
 @pytest.mark.parametrize("impl", [
     "pydet", "reference", "grid_sample",
     pytest.param("torchvision", marks=requires_torchvision),
     pytest.param("pydet-cuda", marks=requires_cuda),
+    pytest.param("grid_sample-cuda", marks=requires_cuda),
+    pytest.param("torchvision-cuda", marks=[requires_cuda, requires_torchvision]),
 ])
 def test_paste_masks(benchmark, inputs, impl):
     masks, boxes = inputs
@@ -59,6 +79,21 @@ def test_paste_masks(benchmark, inputs, impl):
     elif impl == "torchvision":
         from torchvision.models.detection.roi_heads import paste_masks_in_image
         benchmark(lambda: paste_masks_in_image(masks[:, None], boxes, IMAGE) >= THRESHOLD)
-    else:
+    elif impl == "pydet-cuda":
         masks_cuda, boxes_cuda = masks.cuda(), boxes.cuda()
         benchmark(cuda_timer(lambda: ops.paste_masks(masks_cuda, boxes_cuda, IMAGE, THRESHOLD)))
+    elif impl == "grid_sample-cuda":
+        masks_cuda, boxes_cuda = masks.cuda(), boxes.cuda()
+        benchmark(cuda_timer(lambda: grid_sample_paste_whole_image(masks_cuda, boxes_cuda, IMAGE, THRESHOLD)))
+    else:
+        from torchvision.models.detection.roi_heads import paste_masks_in_image
+        masks_cuda, boxes_cuda = masks.cuda()[:, None], boxes.cuda()
+        benchmark(cuda_timer(lambda: paste_masks_in_image(masks_cuda, boxes_cuda, IMAGE) >= THRESHOLD))
+
+
+def test_whole_image_grid_sample_baseline_pastes_the_same_masks(inputs):
+    """The CUDA baseline does the same job: it agrees with pydet except on pixels at the threshold's edge."""
+    masks, boxes = inputs
+    baseline = grid_sample_paste_whole_image(masks[:8], boxes[:8], IMAGE, THRESHOLD, chunk_bytes=3 * IMAGE[0] * IMAGE[1] * 4 * 3)
+    expected = ops.paste_masks(masks[:8], boxes[:8], IMAGE, THRESHOLD)
+    assert (baseline != expected).float().mean() < 1e-4 and expected.sum() > 0

@@ -8,9 +8,11 @@
 
 namespace pydet {
 
+// The dtypes every kernel dispatches (isFloatingType would also admit the float8/float4 types).
 inline void check_floating(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(at::isFloatingType(t.scalar_type()), name, " must be a floating-point tensor, got ",
-                    t.scalar_type());
+  const auto dtype = t.scalar_type();
+  TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
+                    name, " must be float32, float64, float16 or bfloat16, got ", dtype);
 }
 
 // [N, 4] floating boxes.

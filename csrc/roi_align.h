@@ -10,6 +10,8 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/macros/Macros.h>
+
+#include <limits>
 #include <c10/util/ArrayRef.h>
 
 #include <cmath>
@@ -131,8 +133,13 @@ C10_HOST_DEVICE inline void candidate_samples(T start, T bin, int64_t pooled, in
                                               int64_t pos, int64_t& first, int64_t& last) {
   const int64_t total = pooled * samples;
   const T step = bin / static_cast<T>(samples);
-  const T lo = pos == 0 ? T(-1) : static_cast<T>(pos - 1);
-  const T hi = pos == size - 1 ? static_cast<T>(size) : static_cast<T>(pos + 1);
+  // Widened by a bound on sample_coord's rounding: when the step is below it (a near-empty box), samples
+  // computed as exactly -1 or `size` would otherwise fall outside the solved range.
+  const T magnitude = (start < T(0) ? -start : start) + (bin < T(0) ? -bin : bin) * static_cast<T>(pooled) +
+                      static_cast<T>(size) + T(1);
+  const T eps = T(8) * std::numeric_limits<T>::epsilon() * magnitude;
+  const T lo = (pos == 0 ? T(-1) : static_cast<T>(pos - 1)) - eps;
+  const T hi = (pos == size - 1 ? static_cast<T>(size) : static_cast<T>(pos + 1)) + eps;
   first = 0;
   last = -1;
   if (step == T(0)) {  // every sample sits at `start`

@@ -3,11 +3,13 @@ import json
 import subprocess
 import sys
 
-import av
 import numpy as np
 import pytest
-from PIL import Image
-from pycocotools import mask as mask_utils
+
+# The video and coco extras (`pip install .[video,coco]`); `make test` installs them.
+av = pytest.importorskip("av")
+Image = pytest.importorskip("PIL.Image")
+mask_utils = pytest.importorskip("pycocotools.mask")
 
 from pydet.cli import main
 from pydet.data import SyntheticShapes, read_video, write_synthetic_video

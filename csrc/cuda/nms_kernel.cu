@@ -38,6 +38,7 @@ constexpr int kGatherThreads = 256;   // the single block that walks the mask
 constexpr int kChunk = 256;           // candidates per step of the multiclass greedy loop (= threads)
 constexpr int kChunkWords = kChunk / 32;
 constexpr int64_t kMaxSharedBytes = 48 * 1024;
+constexpr int64_t kGatherStaticSharedBytes = 256;  // nms_gather_kernel's __shared__ scalars, with room to spare
 
 // Sort keys for scores: unsigned integers in the order of the values, -0.0 equal to 0.0, NaN lowest.
 __device__ __forceinline__ uint32_t score_key(float s) {
@@ -291,7 +292,8 @@ at::Tensor nms_cuda_typed(const at::Tensor& boxes, const at::Tensor& scores, con
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   auto kept_words = at::empty({words}, long_opts);
-  const bool in_shared = words * 8 <= kMaxSharedBytes;
+  // The kernel's own static shared memory counts against the same 48 KiB as the dynamic part.
+  const bool in_shared = words * 8 + kGatherStaticSharedBytes <= kMaxSharedBytes;
   at::Tensor removed = in_shared ? at::Tensor() : at::empty({words}, long_opts);
   nms_gather_kernel<<<1, kGatherThreads, in_shared ? words * 8 : 0, stream>>>(
       mask_ptr, reinterpret_cast<const uint64_t*>(invalid.const_data_ptr()), last_word.const_data_ptr<int32_t>(), n,
@@ -358,15 +360,15 @@ __global__ void candidate_flags_kernel(const scalar_t* __restrict__ scores, int6
 // offsets[b] = first selected candidate of image b (selected flat indices are ascending), b in [0, B].
 __global__ void image_offsets_kernel(const int32_t* __restrict__ selected, const int32_t* __restrict__ num_selected,
                                      int64_t batch, int64_t per_image, int32_t* __restrict__ offsets) {
-  const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (b > batch) return;
-  const int64_t target = b * per_image;
-  int64_t lo = 0, hi = *num_selected;
-  while (lo < hi) {
-    const int64_t mid = lo + (hi - lo) / 2;
-    if (selected[mid] < target) lo = mid + 1; else hi = mid;
+  PYDET_CUDA_1D_LOOP(b, batch + 1) {
+    const int64_t target = b * per_image;
+    int64_t lo = 0, hi = *num_selected;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (selected[mid] < target) lo = mid + 1; else hi = mid;
+    }
+    offsets[b] = static_cast<int32_t>(lo);
   }
-  offsets[b] = static_cast<int32_t>(lo);
 }
 
 template <typename scalar_t, typename key_t>

@@ -104,10 +104,13 @@ __global__ void roi_align_forward_kernel(Levels<const scalar_t, at::opmath_type<
           if (!roi_align::axis_taps(roi_align::sample_coord(g.start_x, g.bin_w, pw, ix, g.samples_x), width, tx)) {
             continue;
           }
-          sum += ty.w_low * tx.w_low * static_cast<acc_t>(row_low[tx.low]) +
-                 ty.w_low * tx.w_high * static_cast<acc_t>(row_low[tx.high]) +
-                 ty.w_high * tx.w_low * static_cast<acc_t>(row_high[tx.low]) +
-                 ty.w_high * tx.w_high * static_cast<acc_t>(row_high[tx.high]);
+          // Zero-weight taps are skipped, as on the CPU: 0 * inf must not turn a finite sum into NaN.
+          const bool yl = ty.w_low != acc_t(0), yh = ty.w_high != acc_t(0);
+          const bool xl = tx.w_low != acc_t(0), xh = tx.w_high != acc_t(0);
+          if (yl && xl) sum += ty.w_low * tx.w_low * static_cast<acc_t>(row_low[tx.low]);
+          if (yl && xh) sum += ty.w_low * tx.w_high * static_cast<acc_t>(row_low[tx.high]);
+          if (yh && xl) sum += ty.w_high * tx.w_low * static_cast<acc_t>(row_high[tx.low]);
+          if (yh && xh) sum += ty.w_high * tx.w_high * static_cast<acc_t>(row_high[tx.high]);
         }
       }
       result = sum / g.count;
@@ -150,10 +153,13 @@ __global__ void roi_align_backward_atomic_kernel(Levels<at::opmath_type<scalar_t
         if (!roi_align::axis_taps(roi_align::sample_coord(g.start_x, g.bin_w, pw, ix, g.samples_x), width, tx)) {
           continue;
         }
-        atomicAdd(plane + ty.low * width + tx.low, gv * ty.w_low * tx.w_low);
-        atomicAdd(plane + ty.low * width + tx.high, gv * ty.w_low * tx.w_high);
-        atomicAdd(plane + ty.high * width + tx.low, gv * ty.w_high * tx.w_low);
-        atomicAdd(plane + ty.high * width + tx.high, gv * ty.w_high * tx.w_high);
+        // Zero-weight taps get nothing (as on the CPU and in the gather path): a NaN gradient stays put.
+        const bool yl = ty.w_low != acc_t(0), yh = ty.w_high != acc_t(0);
+        const bool xl = tx.w_low != acc_t(0), xh = tx.w_high != acc_t(0);
+        if (yl && xl) atomicAdd(plane + ty.low * width + tx.low, gv * ty.w_low * tx.w_low);
+        if (yl && xh) atomicAdd(plane + ty.low * width + tx.high, gv * ty.w_low * tx.w_high);
+        if (yh && xl) atomicAdd(plane + ty.high * width + tx.low, gv * ty.w_high * tx.w_low);
+        if (yh && xh) atomicAdd(plane + ty.high * width + tx.high, gv * ty.w_high * tx.w_high);
       }
     }
   }

@@ -149,7 +149,8 @@ def multi_scale_roi_align(features: Sequence[Tensor], boxes: Tensor | Sequence[T
     ``features[l]`` has scale ``spatial_scales[l]`` (finest first). ``levels[k]`` picks box k's map; by
     default torchvision's ``MultiScaleRoIAlign`` mapping (:func:`fpn_levels`) with the levels implied
     by the scales. Boxes with a level outside ``[0, len(features))`` pool zeros. Rows follow the
-    concatenated boxes. No host synchronisation on CUDA.
+    concatenated boxes. No host synchronisation on CUDA, where at most 8 feature maps are supported (the
+    level table travels as a kernel argument; more raise a ValueError).
     """
     if isinstance(features, Tensor) or not isinstance(features, (list, tuple)) or len(features) == 0:
         raise TypeError("features must be a non-empty list of [N, C, H, W] tensors")

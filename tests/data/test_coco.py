@@ -3,8 +3,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from pycocotools import mask as mask_utils
+
+# The coco and video extras (`pip install .[coco,video]`); `make test` installs them.
+Image = pytest.importorskip("PIL.Image")
+mask_utils = pytest.importorskip("pycocotools.mask")
 
 from pydet.data.coco import AnnotationError, CocoDetection, load_coco
 from pydet.data.video import InputError

@@ -295,6 +295,47 @@ def test_torch_compile_fullgraph_matches_eager():
 
 
 @requires_cuda
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.mem_get_info()[0] < 48 << 30,
+                    reason="needs 48 GB of free GPU memory")
+# 391,168 boxes: the largest removed-mask that the gather keeps in shared memory; 393,150: global memory
+# (this size used to ask for more than 48 KiB of static plus dynamic shared memory and fail to launch).
+@pytest.mark.parametrize("n", [391_168, 393_150])
+def test_cuda_nms_mask_past_shared_memory(n):
+    boxes, scores = _scored_boxes(n, 0)
+    idxs = torch.arange(n) // 8  # small classes: the mask is n x ceil(n/64) words, most tiles skipped
+    _assert_equal(ops.batched_nms(boxes.cuda(), scores.cuda(), idxs.cuda(), 0.5), ops.batched_nms(boxes, scores, idxs, 0.5))
+    torch.cuda.empty_cache()
+
+
+@requires_cuda
+@pytest.mark.parametrize("agnostic", [False, True])
+def test_cuda_multiclass_nms_never_synchronises(agnostic):
+    b, s = (t.cuda() for t in _multiclass_inputs(0, batch=4, n=2000, classes=20))
+    expected = ops.multiclass_nms(b, s, 0.3, 0.5, 100, class_agnostic=agnostic, pre_nms_topk=3000)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        eager = ops.multiclass_nms(b, s, 0.3, 0.5, 100, class_agnostic=agnostic, pre_nms_topk=3000)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    # A CUDA graph cannot capture a host synchronisation either, and replays the op on new inputs.
+    static_b, static_s = b.clone(), torch.zeros_like(s)
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up outside the capture (cub workspace, allocator pools)
+        ops.multiclass_nms(static_b, static_s, 0.3, 0.5, 100, class_agnostic=agnostic, pre_nms_topk=3000)
+    torch.cuda.current_stream().wait_stream(stream)
+    with torch.cuda.graph(graph):
+        captured = ops.multiclass_nms(static_b, static_s, 0.3, 0.5, 100, class_agnostic=agnostic, pre_nms_topk=3000)
+    static_s.copy_(s)
+    graph.replay()
+    torch.cuda.synchronize()
+    for e, o, c in zip(expected, eager, captured):
+        assert torch.equal(o, e) and torch.equal(c, e)
+
+
+@requires_cuda
 @pytest.mark.parametrize("seed", SEEDS)
 def test_cuda_matches_cpu(seed):
     # Large enough for many 64-box tiles, several classes per tile and classes spanning tiles.

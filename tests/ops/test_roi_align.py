@@ -435,3 +435,48 @@ def test_cuda_autocast_upcasts_to_float32():
     torch.testing.assert_close(out, ops.roi_align(x.half().float(), rois.half().float(), 3, 0.25).half(),
                                rtol=0, atol=0)
 
+
+
+def _backward_three_ways(grad_out, rois, scale, shape, sampling_ratio, aligned):
+    """roi_align_backward on the CPU, on CUDA with atomics and on CUDA with the deterministic gather."""
+    args = (scale, grad_out.shape[2], grad_out.shape[3], *shape, sampling_ratio, aligned)
+    cpu = torch.ops.pydet.roi_align_backward(grad_out, rois, *args)
+    atomic = torch.ops.pydet.roi_align_backward(grad_out.cuda(), rois.cuda(), *args)
+    torch.use_deterministic_algorithms(True)
+    try:
+        gathered = torch.ops.pydet.roi_align_backward(grad_out.cuda(), rois.cuda(), *args)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    return cpu, atomic.cpu(), gathered.cpu()
+
+
+@requires_cuda
+def test_cuda_non_finite_values_match_cpu():
+    # inf in the last column, read by samples clamped onto it; aligned, the samples of the second box sit
+    # exactly on column 3, so column 4 (inf) has weight 0 and must not turn the result into 0 * inf = NaN.
+    x = torch.zeros(1, 1, 4, 5)
+    x[..., 4] = float("inf")
+    rois = torch.tensor([[0, 16.0, 0.0, 24.0, 16.0], [0, 14.0, 0.0, 14.0, 16.0]])
+    for aligned in (False, True):
+        cpu = ops.roi_align(x, rois, 2, 0.25, 2, aligned)
+        assert cpu[0].isinf().any() and (cpu[1].isfinite().all() if aligned else True)
+        torch.testing.assert_close(ops.roi_align(x.cuda(), rois.cuda(), 2, 0.25, 2, aligned).cpu(), cpu, equal_nan=True)
+    # A NaN upstream gradient reaches only the pixels its samples weigh, on every path.
+    grad_out = torch.zeros(2, 1, 2, 2)
+    grad_out[1, 0, 0, 0] = float("nan")
+    cpu, atomic, gathered = _backward_three_ways(grad_out, rois, 0.25, (1, 1, 4, 5), 2, False)
+    assert cpu.isnan().any()
+    torch.testing.assert_close(atomic, cpu, equal_nan=True)
+    torch.testing.assert_close(gathered, cpu, equal_nan=True)
+
+
+@requires_cuda
+def test_cuda_deterministic_backward_of_a_near_empty_box_half_a_pixel_outside():
+    # aligned, scale 0.25: x = -2 maps to exactly -1 (the map's edge, where a sample's weight jumps from 1
+    # to 0) and the box is 3e-6 pixels wide, so the sample step is below sample_coord's rounding error.
+    rois = torch.tensor([[0, -2.0, 1.0, -2.0000031, 9.0], [0, 1.0, -2.0, 9.0, -2.0000031]])
+    grad_out = torch.randn(2, 3, 5, 5, generator=torch.Generator().manual_seed(0))
+    cpu, atomic, gathered = _backward_three_ways(grad_out, rois, 0.25, (1, 3, 6, 7), 45, True)
+    assert cpu.abs().sum() > 0
+    torch.testing.assert_close(atomic, cpu, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gathered, cpu, rtol=1e-5, atol=1e-5)
