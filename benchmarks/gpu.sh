@@ -11,7 +11,8 @@
 # Each stage has its own time limit (env: BUILD_S, TESTS_S, BENCH_S, SANITIZER_S) so that a slow stage
 # still leaves the earlier results. Everything is written as it is produced to $OUT when that is set
 # (the device tool returns it), else to benchmarks/results/: gpu-<device>.json, gpu-<device>-targets.md,
-# gpu-logs/. FULL=1 afterwards runs the whole suite and every benchmark, CPU ones included.
+# gpu-logs/. FULL=1 afterwards runs the whole suite and every benchmark, CPU ones included; the training
+# tests in it need pydet's dependencies (tqdm, safetensors), which a bare GPU machine may lack.
 # Rehearsal without a GPU (plumbing only; every CUDA test and benchmark skips): REHEARSAL=1, with
 # BENCH_SELECT="cuda or test_nms" to give the targets stage some results.
 set -uo pipefail

@@ -1,3 +1,5 @@
+import importlib.util
+
 import pytest
 import torch
 
@@ -8,6 +10,8 @@ DEVICES = ["cpu"] + (["cuda"] if CUDA else [])
 SEEDS = [0, 1, 2]
 
 requires_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+# PyAV, from the video extra (`pip install .[video]`); `make test` installs it.
+requires_av = pytest.mark.skipif(importlib.util.find_spec("av") is None, reason="needs PyAV (the video extra)")
 
 
 @pytest.fixture(params=DEVICES)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pydet import demo, models
+from tests.conftest import requires_av
 
 
 def test_every_recipe_names_a_registered_model():
@@ -23,6 +24,7 @@ def _check_outputs(out, name, steps):
     assert (out / f"{name}.mp4").stat().st_size > 0
 
 
+@requires_av
 def test_demo_runs_the_main_job_on_one_preset(tmp_path):
     threads = torch.get_num_threads()
     try:
@@ -39,6 +41,7 @@ def test_demo_runs_the_main_job_on_one_preset(tmp_path):
     assert (tmp_path / "shapes.mp4").stat().st_size > 0
 
 
+@requires_av
 def test_demo_trains_presets_side_by_side_in_worker_processes(tmp_path, capsys):
     names = ["yolov7_tiny_320", "mask_rcnn_resnet18_fpn"]
     argv = ["--steps-scale", "0.02", "--eval-images", "4", "--out", str(tmp_path), "--jobs", "2", "--threads", "1"]

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from pydet.data import SHAPES, SyntheticShapes, read_video, write_synthetic_video
+from tests.conftest import requires_av
 
 
 def tight_box(mask):
@@ -60,6 +61,7 @@ def test_bad_arguments():
         SyntheticShapes(4, 64)[4]
 
 
+@requires_av
 def test_synthetic_video_roundtrip(tmp_path):
     path = tmp_path / "clip.mp4"
     write_synthetic_video(path, num_frames=12, image_size=(64, 96), fps=10, seed=2)
