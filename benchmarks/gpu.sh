@@ -26,30 +26,29 @@ status=0
 stage() { echo "== $(date +%T) $*" | tee -a "$LOGS/stages.log"; }
 
 stage "environment"
-DEVICE=$($PYTHON - <<'EOF' 2>"$LOGS/env.err"
-import os, re, torch
+# One look at the machine: the log for a person, "<device-slug> <major.minor>" on stdout for the build.
+DEVICE=$(ENV_LOG="$LOGS/env.log" $PYTHON - <<'EOF'
+import os, re, sys, torch
+lines = [f"torch {torch.__version__} cuda {torch.version.cuda} cpus {os.cpu_count()}"]
 if torch.cuda.is_available():
     name, (major, minor) = torch.cuda.get_device_name(), torch.cuda.get_device_capability()
+    lines.append(f"device {name} sm_{major}{minor}")
 elif os.environ.get("REHEARSAL"):
     name, (major, minor) = "rehearsal-cpu", (9, 0)
 else:
-    raise SystemExit("no CUDA device visible to torch " + torch.__version__)
-slug = re.sub(r"[^a-z0-9]+", "-", name.lower().replace("nvidia", "")).strip("-")
-print(slug, f"{major}.{minor}")
-EOF
-) || { cat "$LOGS/env.err"; exit 1; }
-read -r SLUG ARCH <<<"$DEVICE"
-$PYTHON - <<'EOF' 2>&1 | tee "$LOGS/env.log"
-import os, torch
-print("torch", torch.__version__, "cuda", torch.version.cuda, "cpus", os.cpu_count())
-if torch.cuda.is_available():
-    print("device", torch.cuda.get_device_name(), torch.cuda.get_device_capability())
+    sys.exit("no CUDA device visible to torch " + torch.__version__)
 try:
     import torchvision
-    print("torchvision", torchvision.__version__)
+    lines.append(f"torchvision {torchvision.__version__}")
 except Exception as exc:  # the torchvision comparisons skip without it
-    print("torchvision unavailable:", exc)
+    lines.append(f"torchvision unavailable: {exc}")
+with open(os.environ["ENV_LOG"], "w") as log:
+    log.write("\n".join(lines) + "\n")
+print("\n".join(lines), file=sys.stderr)
+print(re.sub(r"[^a-z0-9]+", "-", name.lower().replace("nvidia", "")).strip("-"), f"{major}.{minor}")
 EOF
+) || exit 1
+read -r SLUG ARCH <<<"$DEVICE"
 RESULT=$DEST/gpu-$SLUG.json
 
 stage "build for sm_$ARCH with $MAX_JOBS jobs"

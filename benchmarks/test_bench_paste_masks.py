@@ -43,14 +43,15 @@ def grid_sample_paste(masks, boxes, image_shape, threshold):
     return out
 
 
-def grid_sample_paste_whole_image(masks, boxes, image_shape, threshold, chunk_bytes=1 << 30):
-    """detectron2's GPU path: a chunk of masks at a time, each sampled on a grid covering the whole image."""
+def grid_sample_paste_whole_image(masks, boxes, image_shape, threshold, chunk=None):
+    """detectron2's GPU path: ``chunk`` masks at a time (by default as many as fit in 1 GiB of float grid
+    and samples), each sampled on a grid covering the whole image."""
     height, width = image_shape
     out = torch.empty(masks.shape[0], height, width, dtype=torch.bool, device=masks.device)
     ys = torch.arange(height, device=masks.device, dtype=torch.float32) + 0.5
     xs = torch.arange(width, device=masks.device, dtype=torch.float32) + 0.5
-    per_mask = height * width * 4 * 3  # the float grid (x, y) and the sampled values
-    chunk = max(1, min(masks.shape[0], chunk_bytes // per_mask))
+    if chunk is None:
+        chunk = max(1, (1 << 30) // (height * width * 4 * 3))  # the (x, y) grid and the sampled values
     for start in range(0, masks.shape[0], chunk):
         x0, y0, x1, y1 = boxes[start:start + chunk, :, None].unbind(1)
         gx = ((xs[None] - x0) / (x1 - x0) * 2 - 1)[:, None, :].expand(-1, height, -1)
@@ -94,6 +95,6 @@ def test_paste_masks(benchmark, inputs, impl):
 def test_whole_image_grid_sample_baseline_pastes_the_same_masks(inputs):
     """The CUDA baseline does the same job: it agrees with pydet except on pixels at the threshold's edge."""
     masks, boxes = inputs
-    baseline = grid_sample_paste_whole_image(masks[:8], boxes[:8], IMAGE, THRESHOLD, chunk_bytes=3 * IMAGE[0] * IMAGE[1] * 4 * 3)
+    baseline = grid_sample_paste_whole_image(masks[:8], boxes[:8], IMAGE, THRESHOLD, chunk=3)
     expected = ops.paste_masks(masks[:8], boxes[:8], IMAGE, THRESHOLD)
     assert (baseline != expected).float().mean() < 1e-4 and expected.sum() > 0

@@ -294,7 +294,6 @@ def test_torch_compile_fullgraph_matches_eager():
     _assert_equal(compiled(boxes, scores, idxs), detect(boxes, scores, idxs))
 
 
-@requires_cuda
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.mem_get_info()[0] < 48 << 30,
                     reason="needs 48 GB of free GPU memory")
 # 391,168 boxes: the largest removed-mask that the gather keeps in shared memory; 393,150: global memory
@@ -310,12 +309,15 @@ def test_cuda_nms_mask_past_shared_memory(n):
 @requires_cuda
 @pytest.mark.parametrize("agnostic", [False, True])
 def test_cuda_multiclass_nms_never_synchronises(agnostic):
+    def detect(boxes, scores):
+        return ops.multiclass_nms(boxes, scores, 0.3, 0.5, 100, class_agnostic=agnostic, pre_nms_topk=3000)
+
     b, s = (t.cuda() for t in _multiclass_inputs(0, batch=4, n=2000, classes=20))
-    expected = ops.multiclass_nms(b, s, 0.3, 0.5, 100, class_agnostic=agnostic, pre_nms_topk=3000)
+    expected = detect(b, s)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        eager = ops.multiclass_nms(b, s, 0.3, 0.5, 100, class_agnostic=agnostic, pre_nms_topk=3000)
+        eager = detect(b, s)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     # A CUDA graph cannot capture a host synchronisation either, and replays the op on new inputs.
@@ -324,10 +326,10 @@ def test_cuda_multiclass_nms_never_synchronises(agnostic):
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):  # warm-up outside the capture (cub workspace, allocator pools)
-        ops.multiclass_nms(static_b, static_s, 0.3, 0.5, 100, class_agnostic=agnostic, pre_nms_topk=3000)
+        detect(static_b, static_s)
     torch.cuda.current_stream().wait_stream(stream)
     with torch.cuda.graph(graph):
-        captured = ops.multiclass_nms(static_b, static_s, 0.3, 0.5, 100, class_agnostic=agnostic, pre_nms_topk=3000)
+        captured = detect(static_b, static_s)
     static_s.copy_(s)
     graph.replay()
     torch.cuda.synchronize()
