@@ -1,4 +1,5 @@
-"""ResNet (torchvision's v1.5 layout: stride in the 3x3 conv) and the ResNet-FPN backbone.
+"""ResNet (torchvision's v1.5 layout: stride in the 3x3 conv, or with ``stride_in_1x1=True`` detectron2's
+MSRA layout: stride in the first 1x1 conv of a bottleneck) and the ResNet-FPN backbone.
 
 Module names match torchvision's ``resnet*`` inside ``fasterrcnn_resnet50_fpn``'s ``backbone.body``,
 so torchvision checkpoints load with the key names unchanged.
@@ -28,7 +29,7 @@ class BasicBlock(nn.Module):
     expansion = 1
 
     def __init__(self, in_channels: int, channels: int, stride: int, downsample: nn.Module | None,
-                 norm_layer: NormLayer):
+                 norm_layer: NormLayer, stride_in_1x1: bool = False):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, channels, 3, stride, 1, bias=False)
         self.bn1 = norm_layer(channels)
@@ -49,11 +50,12 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(self, in_channels: int, channels: int, stride: int, downsample: nn.Module | None,
-                 norm_layer: NormLayer):
+                 norm_layer: NormLayer, stride_in_1x1: bool = False):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, channels, 1, bias=False)
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = nn.Conv2d(in_channels, channels, 1, stride_1x1, bias=False)
         self.bn1 = norm_layer(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, stride, 1, bias=False)
+        self.conv2 = nn.Conv2d(channels, channels, 3, stride_3x3, 1, bias=False)
         self.bn2 = norm_layer(channels)
         self.conv3 = nn.Conv2d(channels, channels * 4, 1, bias=False)
         self.bn3 = norm_layer(channels * 4)
@@ -75,10 +77,13 @@ _DEPTHS = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)), 50: (
 
 class ResNet(nn.Module):
     """ResNet-18/34/50/101 trunk; ``forward`` returns ``{"0": C2, "1": C3, "2": C4, "3": C5}``
-    restricted to ``returned_layers`` (1-based stage numbers, torchvision's convention)."""
+    restricted to ``returned_layers`` (1-based stage numbers, torchvision's convention).
+
+    ``stride_in_1x1=True`` strides a bottleneck's 1x1 conv instead of its 3x3 (detectron2's MSRA weights);
+    basic blocks have no 1x1 conv and ignore it."""
 
     def __init__(self, depth: int = 50, *, norm_layer: NormLayer = FrozenBatchNorm2d,
-                 returned_layers: Sequence[int] = (1, 2, 3, 4)):
+                 returned_layers: Sequence[int] = (1, 2, 3, 4), stride_in_1x1: bool = False):
         super().__init__()
         if depth not in _DEPTHS:
             raise ValueError(f"depth must be one of {sorted(_DEPTHS)}, got {depth}")
@@ -97,7 +102,7 @@ class ResNet(nn.Module):
             if stride != 1 or in_channels != channels * block.expansion:
                 downsample = nn.Sequential(nn.Conv2d(in_channels, channels * block.expansion, 1, stride, bias=False),
                                            norm_layer(channels * block.expansion))
-            blocks = [block(in_channels, channels, stride, downsample, norm_layer)]
+            blocks = [block(in_channels, channels, stride, downsample, norm_layer, stride_in_1x1)]
             in_channels = channels * block.expansion
             blocks += [block(in_channels, channels, 1, None, norm_layer) for _ in range(count - 1)]
             setattr(self, f"layer{stage}", nn.Sequential(*blocks))
@@ -151,9 +156,9 @@ class BackboneWithFPN(nn.Module):
 
 def resnet_fpn_backbone(depth: int = 50, *, trainable_layers: int = 3, returned_layers: Sequence[int] = (1, 2, 3, 4),
                         out_channels: int = 256, extra_blocks: nn.Module | None = None,
-                        norm_layer: NormLayer = FrozenBatchNorm2d) -> BackboneWithFPN:
+                        norm_layer: NormLayer = FrozenBatchNorm2d, stride_in_1x1: bool = False) -> BackboneWithFPN:
     """torchvision's ``resnet_fpn_backbone``: FPN over the returned stages plus a max-pool level by default."""
-    body = ResNet(depth, norm_layer=norm_layer, returned_layers=returned_layers)
+    body = ResNet(depth, norm_layer=norm_layer, returned_layers=returned_layers, stride_in_1x1=stride_in_1x1)
     body.freeze(trainable_layers)
     fpn = FeaturePyramidNetwork(body.out_channels_list, out_channels,
                                 extra_blocks=LastLevelMaxPool() if extra_blocks is None else extra_blocks)
