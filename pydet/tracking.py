@@ -117,33 +117,44 @@ def _connected_components(allowed: np.ndarray) -> np.ndarray:
 def _thresholded_assignment(cost: np.ndarray, max_cost: float) -> tuple[np.ndarray, np.ndarray]:
     """Pairs minimising the summed ``cost - max_cost`` over pairs that cost at most ``max_cost``.
 
-    Leaving a row (or column) unmatched is always allowed. Each row gets a private "unmatched"
-    column of cost 0, so the problem is a rectangular assignment. Tracking costs are sparse
-    (most boxes do not overlap), so it is solved per connected component of the allowed pairs.
+    Leaving a row (or column) unmatched is always allowed. Tracking costs are sparse (most boxes
+    do not overlap), so the problem splits into connected components of the allowed pairs: a row
+    and a column allowed only with each other are matched directly, the other components are
+    solved one by one.
     """
     allowed = cost <= max_cost
-    has_edge = allowed.any(axis=1)
-    labels = _connected_components(allowed)
-    rows_out, cols_out = [], []
-    for label in np.unique(labels[has_edge]):
-        rows = np.flatnonzero((labels == label) & has_edge)
-        cols = np.flatnonzero(allowed[rows].any(axis=0))
-        if rows.size == 1 and cols.size == 1:
-            rows_out.append(rows)
-            cols_out.append(cols)
-            continue
-        sub = np.where(allowed[np.ix_(rows, cols)], cost[np.ix_(rows, cols)] - max_cost, np.inf)
-        unmatched = np.full((rows.size, rows.size), np.inf)
-        np.fill_diagonal(unmatched, 0.0)
-        choice = _minimum_assignment(np.concatenate([sub, unmatched], axis=1))
-        real = choice < cols.size
-        rows_out.append(rows[real])
-        cols_out.append(cols[choice[real]])
-    if not rows_out:
+    if allowed.size == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    row_degree, col_degree = allowed.sum(axis=1), allowed.sum(axis=0)
+    first_col = allowed.argmax(axis=1)
+    alone = (row_degree == 1) & (col_degree[first_col] == 1)
+    rows_out, cols_out = [np.flatnonzero(alone)], [first_col[alone]]
+    rest = np.flatnonzero((row_degree > 0) & ~alone)
+    if rest.size:
+        rest_cols = np.flatnonzero(allowed[rest].any(axis=0))
+        sub_allowed = allowed[np.ix_(rest, rest_cols)]
+        labels = _connected_components(sub_allowed)
+        order = np.argsort(labels, kind="stable")
+        for group in np.split(order, np.flatnonzero(np.diff(labels[order])) + 1):
+            rows, cols = rest[group], rest_cols[sub_allowed[group].any(axis=0)]
+            matched, choice = _component_assignment(cost[np.ix_(rows, cols)], max_cost)
+            rows_out.append(rows[matched])
+            cols_out.append(cols[choice])
     rows, cols = np.concatenate(rows_out), np.concatenate(cols_out)
     order = np.argsort(rows, kind="stable")
     return rows[order].astype(np.int64), cols[order].astype(np.int64)
+
+
+def _component_assignment(cost: np.ndarray, max_cost: float) -> tuple[np.ndarray, np.ndarray]:
+    """Thresholded assignment as a rectangular one: each row gets a private "unmatched" column of
+    cost 0 and pairs cost ``cost - max_cost`` (forbidden above ``max_cost``)."""
+    n, m = cost.shape
+    pairs = np.where(cost <= max_cost, cost - max_cost, np.inf)
+    unmatched = np.full((n, n), np.inf)
+    np.fill_diagonal(unmatched, 0.0)
+    choice = _minimum_assignment(np.concatenate([pairs, unmatched], axis=1))
+    matched = np.flatnonzero(choice < m)
+    return matched, choice[matched]
 
 
 def linear_assignment(cost, max_cost: float | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -368,6 +368,22 @@ def test_thresholded_assignment_matches_brute_force(seed):
         assert (cost[rows, cols] - max_cost).sum() == pytest.approx(brute_force_thresholded(cost, max_cost), abs=1e-9)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_thresholded_assignment_splits_sparse_problems_exactly(seed):
+    """On a large sparse problem (many small components) the per-component solution has the total
+    cost of the whole problem solved at once as one rectangular assignment with "unmatched" columns."""
+    rng = np.random.default_rng(seed)
+    n, m, max_cost = 60, 50, 0.8
+    cost = np.where(rng.random((n, m)) < 0.05, rng.random((n, m)), 1.0)
+    rows, cols = linear_assignment(cost, max_cost)
+    _check_pairs(rows, cols, n, m)
+    whole = np.concatenate([np.where(cost <= max_cost, cost - max_cost, np.inf),
+                            np.where(np.eye(n, dtype=bool), 0.0, np.inf)], axis=1)
+    r, c = linear_assignment(whole)
+    assert (cost[rows, cols] - max_cost).sum() == pytest.approx(whole[r, c].sum(), abs=1e-9)
+    assert rows.size > 10
+
+
 def test_linear_assignment_cases():
     # The greedy choice (0, 0) is not optimal.
     cost = np.array([[1.0, 2.0], [2.0, 10.0]])
