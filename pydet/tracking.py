@@ -102,16 +102,22 @@ def _minimum_assignment(cost: np.ndarray) -> np.ndarray:
 
 
 def _connected_components(allowed: np.ndarray) -> np.ndarray:
-    """Component label of each row of the bipartite graph whose edges are ``allowed [n, m]``."""
-    n = allowed.shape[0]
-    row_label = np.arange(n)
+    """Component label of each row of the bipartite graph whose edges are ``allowed [n, m]``.
+
+    Minimum-label propagation (rows through shared columns) with pointer jumping: a label is a row
+    index whose own label may already be smaller, so following labels collapses a long chain of
+    overlapping boxes (a crowd) in logarithmically many steps instead of one per box.
+    """
     big = np.iinfo(np.int64).max
+    label = np.arange(allowed.shape[0])
     while True:
-        col_label = np.where(allowed, row_label[:, None], big).min(axis=0, initial=big)
-        new = np.minimum(row_label, np.where(allowed, col_label[None, :], big).min(axis=1, initial=big))
-        if np.array_equal(new, row_label):
-            return row_label
-        row_label = new
+        col_label = np.where(allowed, label[:, None], big).min(axis=0, initial=big)
+        new = np.minimum(label, np.where(allowed, col_label[None, :], big).min(axis=1, initial=big))
+        while not np.array_equal(new[new], new):
+            new = new[new]
+        if np.array_equal(new, label):
+            return label
+        label = new
 
 
 def _thresholded_assignment(cost: np.ndarray, max_cost: float) -> tuple[np.ndarray, np.ndarray]:
@@ -168,7 +174,10 @@ def linear_assignment(cost, max_cost: float | None = None) -> tuple[np.ndarray, 
     """
     cost = _as_cost_matrix(cost)
     if max_cost is not None:
-        return _thresholded_assignment(cost, check_float(max_cost, "max_cost"))
+        max_cost = check_float(max_cost, "max_cost")
+        if not np.isfinite(max_cost):
+            raise ValueError(f"max_cost must be finite, got {max_cost}")
+        return _thresholded_assignment(cost, max_cost)
     col4row = _minimum_assignment(cost)
     rows = np.flatnonzero(col4row >= 0)
     return rows.astype(np.int64), col4row[rows].astype(np.int64)

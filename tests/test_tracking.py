@@ -374,14 +374,18 @@ def test_thresholded_assignment_splits_sparse_problems_exactly(seed):
     cost of the whole problem solved at once as one rectangular assignment with "unmatched" columns."""
     rng = np.random.default_rng(seed)
     n, m, max_cost = 60, 50, 0.8
-    cost = np.where(rng.random((n, m)) < 0.05, rng.random((n, m)), 1.0)
-    rows, cols = linear_assignment(cost, max_cost)
-    _check_pairs(rows, cols, n, m)
-    whole = np.concatenate([np.where(cost <= max_cost, cost - max_cost, np.inf),
-                            np.where(np.eye(n, dtype=bool), 0.0, np.inf)], axis=1)
-    r, c = linear_assignment(whole)
-    assert (cost[rows, cols] - max_cost).sum() == pytest.approx(whole[r, c].sum(), abs=1e-9)
-    assert rows.size > 10
+    scattered = np.where(rng.random((n, m)) < 0.05, rng.random((n, m)), 1.0)
+    # A crowd: each box overlaps its neighbours, one long chain in a shuffled order.
+    band = np.abs(np.arange(n)[:, None] - np.arange(m)[None, :]) <= 1
+    chain = np.where(band, rng.random((n, m)), 1.0)[rng.permutation(n)]
+    for cost in (scattered, chain):
+        rows, cols = linear_assignment(cost, max_cost)
+        _check_pairs(rows, cols, n, m)
+        whole = np.concatenate([np.where(cost <= max_cost, cost - max_cost, np.inf),
+                                np.where(np.eye(n, dtype=bool), 0.0, np.inf)], axis=1)
+        r, c = linear_assignment(whole)
+        assert (cost[rows, cols] - max_cost).sum() == pytest.approx(whole[r, c].sum(), abs=1e-9)
+        assert rows.size > 10
 
 
 def test_linear_assignment_cases():
@@ -414,6 +418,8 @@ def test_linear_assignment_rejects_bad_costs():
         linear_assignment(np.array([[-np.inf, 1.0]]))
     with pytest.raises(ValueError, match="2-D"):
         linear_assignment(np.zeros(3))
+    with pytest.raises(ValueError, match="max_cost"):
+        linear_assignment(np.zeros((2, 2)), float("inf"))
 
 
 def test_kalman_filter_learns_constant_velocity_and_is_vectorised():
