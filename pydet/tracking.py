@@ -28,15 +28,15 @@ __all__ = ["ByteTracker", "KalmanBoxFilter", "linear_assignment", "idf1", "id_sw
 def _shortest_augmenting_path(cost: np.ndarray) -> np.ndarray:
     """Minimum-cost assignment of every row of ``cost [n, m]`` (n <= m) to a distinct column.
 
-    Jonker-Volgenant style: rows are added one at a time, each by a Dijkstra search for the
-    cheapest augmenting path in reduced costs, with dual variables ``u``/``v`` keeping the reduced
-    costs of assigned edges non-negative. The scan over columns is vectorised. ``+inf`` marks a
-    forbidden pair. Returns the column of each row.
+    Jonker-Volgenant style: after a greedy start, the other rows are added one at a time, each by
+    a Dijkstra search for the cheapest augmenting path in reduced costs, with dual variables
+    ``u``/``v`` keeping the reduced costs of assigned edges non-negative. The scan over columns is vectorised. ``+inf`` marks a
+    forbidden pair; each row's smallest cost must be 0. Returns the column of each row.
     """
     n, m = cost.shape
     u, v = np.zeros(n), np.zeros(m)
-    col4row, row4col = np.full(n, -1), np.full(m, -1)
-    for cur_row in range(n):
+    col4row, row4col = _assign_free_minima(cost)
+    for cur_row in np.flatnonzero(col4row < 0).tolist():
         shortest = np.full(m, np.inf)
         path = np.full(m, -1)
         scanned_cols = np.zeros(m, dtype=bool)
@@ -64,6 +64,23 @@ def _shortest_augmenting_path(cost: np.ndarray) -> np.ndarray:
         _update_duals(u, v, shortest, scanned_rows, scanned_cols, col4row, cur_row, min_val)
         _augment(path, sink, cur_row, col4row, row4col)
     return col4row
+
+
+def _assign_free_minima(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start from each row on its cheapest column where no earlier row claims it.
+
+    Costs are shifted so that each row's minimum is 0; with zero duals these pairs are tight and
+    every reduced cost non-negative, so the augmenting-path search may start from them. Tracking
+    costs are near-diagonal, so most rows are settled here.
+    """
+    n, m = cost.shape
+    col4row, row4col = np.full(n, -1), np.full(m, -1)
+    best = cost.argmin(axis=1)
+    candidates = np.flatnonzero(cost[np.arange(n), best] == 0.0)
+    cols, first = np.unique(best[candidates], return_index=True)
+    col4row[candidates[first]] = cols
+    row4col[cols] = candidates[first]
+    return col4row, row4col
 
 
 def _update_duals(u, v, shortest, scanned_rows, scanned_cols, col4row, cur_row, min_val) -> None:

@@ -242,6 +242,30 @@ def test_many_detections_per_frame():
     assert run.switches == 0 and run.idf1 == 1.0
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_streams_keep_id_invariants(seed):
+    """Chaotic input (random counts, sizes, degenerate boxes, scores, labels): an id is never given to
+    two detections of a frame, new ids come in order from 1, and the filter state stays finite."""
+    g = torch.Generator().manual_seed(seed)
+    tracker, seen = ByteTracker(track_buffer=3), 0
+    base = torch.rand(40, 4, generator=g) * 300
+    for _ in range(120):
+        n = int(torch.randint(0, 40, (1,), generator=g))
+        jitter = torch.randn(n, 4, generator=g) * 10
+        boxes = base[:n] + jitter
+        boxes = torch.cat([boxes[:, :2], boxes[:, :2] + (boxes[:, 2:] - boxes[:, :2]).abs()], dim=1)
+        boxes[::7, 2] = boxes[::7, 0]  # some zero-width boxes
+        ids = tracker.update(boxes, torch.rand(n, generator=g), torch.randint(0, 3, (n,), generator=g))
+        given = ids[ids >= 0]
+        assert given.unique().numel() == given.numel()
+        new = sorted(i for i in given.tolist() if i > seen)
+        assert new == list(range(seen + 1, seen + 1 + len(new)))
+        seen += len(new)
+        assert (ids[::7] == -1).all()
+    assert seen > 10
+    assert np.isfinite(tracker._tracks.mean).all() and np.isfinite(tracker._tracks.cov).all()
+
+
 def test_non_contiguous_and_device_inputs(device):
     base = torch.tensor([[10.0, 20.0, 50.0, 80.0], [200.0, 20.0, 260.0, 90.0]], dtype=torch.float64)
     reference, tracker = ByteTracker(), ByteTracker()
