@@ -30,8 +30,9 @@ def _shortest_augmenting_path(cost: np.ndarray) -> np.ndarray:
 
     Jonker-Volgenant style: after a greedy start, the other rows are added one at a time, each by
     a Dijkstra search for the cheapest augmenting path in reduced costs, with dual variables
-    ``u``/``v`` keeping the reduced costs of assigned edges non-negative. The scan over columns is vectorised. ``+inf`` marks a
-    forbidden pair; each row's smallest cost must be 0. Returns the column of each row.
+    ``u``/``v`` keeping the reduced costs of assigned edges non-negative. The scan over columns
+    is vectorised. ``+inf`` marks a forbidden pair; each row's smallest cost must be 0. Returns
+    the column of each row.
     """
     n, m = cost.shape
     u, v = np.zeros(n), np.zeros(m)
