@@ -405,7 +405,8 @@ class ByteTracker:
         t = self._tracks
         if len(t) == 0:
             return
-        # A lost track keeps drifting at its last velocity but stops growing or shrinking.
+        # A lost track keeps drifting at its last velocity but stops growing or shrinking. Unconfirmed
+        # tracks (one frame old, at rest) are predicted too, which only widens their uncertainty.
         t.mean[t.lost, 7] = 0.0
         t.mean, t.cov = self.kalman.predict(t.mean, t.cov)
 
