@@ -61,18 +61,29 @@ class RunBuilder {
   explicit RunBuilder(RleStringWriter& writer) : writer_(writer) {}
 
   void add(bool value, int64_t length) {
-    if (length == 0) return;
-    if (value != value_) {
-      writer_.write(length_);
-      value_ = value;
-      length_ = 0;
+    if (length > 0) {
+      switch_to(value);
+      length_ += length;
     }
-    length_ += length;
+  }
+
+  // The per-pixel path: a new run starts only where the value changes.
+  void add_pixel(bool value) {
+    switch_to(value);
+    ++length_;
   }
 
   void finish() { writer_.write(length_); }
 
  private:
+  void switch_to(bool value) {
+    if (value != value_) {
+      writer_.write(length_);
+      value_ = value;
+      length_ = 0;
+    }
+  }
+
   RleStringWriter& writer_;
   bool value_ = false;
   int64_t length_ = 0;
@@ -98,7 +109,7 @@ void paste_mask_rle(const scalar_t* mask, int64_t mask_h, int64_t mask_w, const 
       for (int64_t y = ay.first; y < ay.last; ++y) {
         const PasteTaps<acc_t>& ty = row_taps[y - ay.first];
         const acc_t value = paste_sample<acc_t>(mask + ty.low * mask_w, mask + ty.high * mask_w, ty, tx);
-        runs.add(paste_output<bool>(value, threshold), 1);
+        runs.add_pixel(paste_output<bool>(value, threshold));
       }
       position = column + ay.last;
     }
