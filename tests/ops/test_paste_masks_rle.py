@@ -224,3 +224,21 @@ def test_kernel_outputs(device):
     assert chars.device.type == "cpu" and offsets.device.type == "cpu"  # host strings on any device
     assert offsets[0] == 0 and offsets[-1] == chars.numel() and (offsets.diff() > 0).all()
     torch.library.opcheck(torch.ops.pydet.paste_masks_rle, (masks.to(device), boxes.to(device), 20, 24, 0.5))
+
+
+def test_coco_records_of_box_relative_masks():
+    # `pydet eval` (and `detect`) records: box-relative masks go straight to RLE and give the records that
+    # the same masks pasted first give.
+    from pydet.engine import LabelMap
+    from pydet.engine.evaluate import detections_to_coco
+
+    masks, boxes = _random_case(9, n=6, image=(64, 80))
+    detection = {"boxes": boxes, "scores": torch.linspace(1, 0.5, 6), "labels": torch.tensor([1, 2, 1, 0, 2, 1]),
+                 "masks": masks[:, None]}
+    label_map = LabelMap([{"id": 5, "name": "a"}, {"id": 7, "name": "b"}], [1, 2])
+    pasted = dict(detection, masks=ops.paste_masks(masks, boxes, (64, 80), threshold=None)[:, None])
+    records = detections_to_coco(detection, 3, label_map, True, image_size=(64, 80))
+    assert len(records) == 5  # label 0 maps to no category
+    assert records == detections_to_coco(pasted, 3, label_map, True, image_size=(64, 80))
+    assert [r["segmentation"] for r in records] == ops.paste_masks_rle(masks[[0, 1, 2, 4, 5]], boxes[[0, 1, 2, 4, 5]],
+                                                                     (64, 80))
