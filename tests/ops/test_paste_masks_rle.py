@@ -129,6 +129,22 @@ def test_large_image_with_realistic_boxes(device):
     _assert_matches_paste_masks(masks.to(device), boxes.to(device), (height, width))
 
 
+def test_huge_image_costs_only_the_box_areas(device):
+    # 60000 x 60000 bool masks would take 3.6 GB each; the RLEs take the boxes' pixels only. All the
+    # boxes end left of x = 260, so the same masks pasted on a 260-pixel-wide image are the check.
+    g = torch.Generator().manual_seed(10)
+    masks = torch.rand(3, 28, 28, generator=g)
+    boxes = torch.tensor([[10.5, 59_800.0, 250.0, 59_990.5], [100.0, 100.0, 200.0, 300.0],
+                          [-20.0, 30_000.0, 120.0, 30_200.0]])
+    rles = ops.paste_masks_rle(masks.to(device), boxes.to(device), (60_000, 60_000))
+    narrow = ops.paste_masks(masks, boxes, (60_000, 260))
+    coco = [{"size": r["size"], "counts": r["counts"].encode("ascii")} for r in rles]
+    assert mask_utils.area(coco).tolist() == narrow.sum(dim=(1, 2)).tolist()
+    for bbox, mask in zip(mask_utils.toBbox(coco).tolist(), narrow):
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        assert bbox == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+
+
 def test_non_contiguous_channel_dimension_and_mixed_dtypes(device):
     masks, boxes = _random_case(2, dtype=torch.float64)
     strided_masks = masks.transpose(1, 2).contiguous().transpose(1, 2)
