@@ -27,9 +27,8 @@ class LabelMap:
         self.categories = [{"id": int(c["id"]), "name": str(c["name"])} for c in categories]
         self.model_labels = [int(v) for v in model_labels]
         self.num_model_classes = max(self.model_labels) + 1 if self.model_labels else 0
-        self._to_model = torch.tensor(self.model_labels, dtype=torch.int64)
         to_dataset = torch.full((self.num_model_classes,), -1, dtype=torch.int64)
-        to_dataset[self._to_model] = torch.arange(len(self.model_labels))
+        to_dataset[torch.tensor(self.model_labels, dtype=torch.int64)] = torch.arange(len(self.model_labels))
         self._to_dataset = to_dataset
 
     @classmethod
@@ -38,9 +37,6 @@ class LabelMap:
         if coco_ids and offset:
             return cls(categories, [c["id"] for c in categories])
         return cls(categories, [i + offset for i in range(len(categories))])
-
-    def to_model(self, labels: Tensor) -> Tensor:
-        return self._to_model.to(labels.device)[labels]
 
     def to_dataset(self, model_labels: Tensor) -> Tensor:
         """Dataset labels; -1 for model labels that no category maps to (e.g. the background)."""

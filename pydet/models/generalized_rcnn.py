@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..modeling.anchor_generator import AnchorGenerator
 from ..modeling.backbones.resnet import resnet_fpn_backbone
-from ..modeling.layers import FrozenBatchNorm2d, fold_batchnorm
+from ..modeling.layers import FrozenBatchNorm2d, conv_with_weights, fold_batchnorm
 from ..modeling.poolers import MultiScaleRoIAlign
 from ..modeling.roi_heads import FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor, RoIHeads, TwoMLPHead
 from ..modeling.rpn import RegionProposalNetwork, RPNHead
@@ -96,7 +96,7 @@ class GeneralizedRCNN(nn.Module):
             for conv_name, bn_name in pairs:
                 conv, bn = children.get(conv_name), children.get(bn_name)
                 if isinstance(conv, nn.Conv2d) and isinstance(bn, (FrozenBatchNorm2d, nn.BatchNorm2d)):
-                    setattr(module, conv_name, _fold_batchnorm(conv, bn))
+                    setattr(module, conv_name, conv_with_weights(conv, *fold_batchnorm(conv, bn)))
                     setattr(module, bn_name, nn.Identity())
         return self
 
@@ -121,16 +121,6 @@ class GeneralizedRCNN(nn.Module):
         raise ValueError(f"{where} has label {int(labels[first])}, outside [0, {self.num_classes})")
 
 
-def _fold_batchnorm(conv: nn.Conv2d, bn: FrozenBatchNorm2d | nn.BatchNorm2d) -> nn.Conv2d:
-    """The convolution that computes ``bn(conv(x))`` (in eval mode for a BatchNorm2d)."""
-    weight, bias = fold_batchnorm(conv, bn)
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      conv.dilation, conv.groups, bias=True, device=conv.weight.device, dtype=conv.weight.dtype)
-    fused.weight.copy_(weight)
-    fused.bias.copy_(bias)
-    fused.weight.requires_grad_(conv.weight.requires_grad)
-    fused.bias.requires_grad_(conv.weight.requires_grad)
-    return fused
 
 
 _TORCHVISION_DEFAULTS: dict[str, Any] = {
