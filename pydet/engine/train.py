@@ -197,9 +197,12 @@ def _setup(model: nn.Module, device: torch.device, total_steps: int, steps_per_e
                           torch.amp.GradScaler("cuda", enabled=use_amp), use_amp, total_steps, steps_per_epoch)
 
 
-def _resume(state: _TrainingState, path: Path, rank: int) -> None:
+def _resume(state: _TrainingState, path: Path, rank: int, model_name: str | None) -> None:
     """Continue from the checkpoint at ``path``: everything an uninterrupted run would hold at its step."""
     saved = load_checkpoint(path)
+    saved_name = saved.meta.get("model")
+    if model_name is not None and saved_name is not None and saved_name != model_name:
+        raise ValueError(f"{path}: a checkpoint of {saved_name}, not of {model_name} (resume in another folder)")
     if saved.meta.get("steps_per_epoch", state.steps_per_epoch) != state.steps_per_epoch:
         raise ValueError(f"{path}: saved with {saved.meta['steps_per_epoch']} steps per epoch, this run "
                          f"has {state.steps_per_epoch} (change of dataset size, batch size or process count)")
@@ -371,7 +374,7 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 1, max_steps: int
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     resume_from = Path(resume) if isinstance(resume, (str, os.PathLike)) else (checkpoint if resume else None)
     if resume_from is not None and resume_from.exists():
-        _resume(state, resume_from, rank)
+        _resume(state, resume_from, rank, (meta or {}).get("model"))
     ddp_model = _wrap_distributed(model, device, world_size, find_unused_parameters)
     writer = _CheckpointWriter(checkpoint, state, rank, world_size, meta)
     window = _LogWindow(log_file if rank == 0 else None, log_every, batch_size * world_size, world_size)

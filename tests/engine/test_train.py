@@ -154,3 +154,11 @@ def test_counts_must_be_positive(setting, dataset, tmp_path):
     with pytest.raises(ValueError, match=f"{name} must be a positive integer"):
         train(make_model(), dataset, checkpoint=tmp_path / "last.safetensors", progress=False, **setting)
     assert not (tmp_path / "last.safetensors").exists()
+
+
+def test_resume_refuses_another_models_checkpoint(dataset, tmp_path):
+    ckpt = tmp_path / "last.safetensors"
+    train(make_model(), dataset, max_steps=2, checkpoint=ckpt, progress=False, meta={"model": "yolov7_tiny"})
+    with pytest.raises(ValueError, match="a checkpoint of yolov7_tiny, not of centermask2"):
+        train(make_model(), dataset, max_steps=4, checkpoint=ckpt, resume=True, progress=False,
+              meta={"model": "centermask2"})
