@@ -94,38 +94,88 @@ def build_model(name: str, weights: str | None = None, **overrides):
     """``(model, label_map, meta)``: ``name`` built as the weights file describes (pydet checkpoints store
     the build arguments and categories), then loaded strictly.
 
-    Weights that are not in pydet's layout go through the matching :mod:`pydet.convert` function
-    (torchvision R-CNN, official YOLOv7). Without weights the model is randomly initialised.
+    Weights that are not in pydet's layout go through the matching :mod:`pydet.convert` function:
+    detectron2 R-CNN and CenterMask2 checkpoints are recognised by their keys (a detectron2 R-CNN builds
+    the model with ``style="detectron2"`` and the checkpoint's class count), torchvision R-CNN and
+    official YOLOv7 state dicts by the model name. Without weights the model is randomly initialised.
     """
-    from .. import convert, models
-    from ..data.video import InputError
+    from .. import models
     from .checkpoint import read_weights
 
     state, meta = read_weights(weights) if weights is not None else ({}, {})
-    kwargs = {**meta.get("model_kwargs", {}), **overrides}
+    state, build_kwargs = convert_detectron2_family(name, weights, state)
+    kwargs = {**meta.get("model_kwargs", {}), **build_kwargs, **overrides}
     kwargs.setdefault("num_classes", default_num_classes(name))
     model = models.build(name, **kwargs)
     if "categories" in meta:
         label_map = LabelMap(meta["categories"], meta["model_labels"])
+    elif build_kwargs.get("style") == "detectron2" and kwargs["num_classes"] == 81:
+        from ..data.coco import COCO_CATEGORIES  # detectron2's COCO classes are the 80 categories in id order
+        label_map = LabelMap.for_model(name, COCO_CATEGORIES)
     else:
         label_map = default_label_map(name, kwargs["num_classes"])
     if weights is None:
         return model, label_map, meta
-    expected = set(model.state_dict())
-    if set(state) != expected:
-        converter = getattr(convert, "from_yolov7" if is_yolo(name) else "from_torchvision", None)
-        if converter is not None and not name.startswith("centermask2"):
-            try:
-                state = converter(state)
-            except (KeyError, ValueError, RuntimeError):
-                pass
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise InputError(f"{weights}: weights do not fit {name}: {len(missing)} missing keys "
-                         f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
-        raise InputError(f"{weights}: weights do not fit {name} ({first})") from None
+    if set(state) != set(model.state_dict()) and not build_kwargs:
+        state = _convert_by_name(name, state)
+    load_fitting_weights(model, state, f"{weights}: weights do not fit {name}")
     return model, label_map, meta
+
+
+def convert_detectron2_family(name: str, weights, state: dict) -> tuple[dict, dict]:
+    """Convert a detectron2 R-CNN or CenterMask2 checkpoint (recognised by its keys) for ``name``; returns
+    the state dict and the build arguments the checkpoint implies. Other state dicts pass unchanged."""
+    from .. import convert
+    from ..convert.detectron2 import is_detectron2_rcnn
+    from ..data.video import InputError
+
+    if any(k.startswith("proposal_generator.fcos_head.") for k in state):
+        if not name.startswith("centermask2"):
+            raise InputError(f"{weights}: a CenterMask2 checkpoint; use --model centermask2, not {name}")
+        converter = getattr(convert, "from_centermask2", None)
+        if converter is None:
+            raise InputError(f"{weights}: a CenterMask2 checkpoint, but this pydet has no "
+                             "pydet.convert.from_centermask2")
+        kind, kwargs = "CenterMask2", {}
+    elif is_detectron2_rcnn(state):
+        if not name.startswith(_RCNN_PREFIXES):
+            raise InputError(f"{weights}: a detectron2 R-CNN checkpoint; use --model faster_rcnn_resnet50_fpn or "
+                             f"mask_rcnn_resnet50_fpn, not {name}")
+        converter, kind = convert.from_detectron2, "detectron2 R-CNN"
+        classes = state.get("roi_heads.box_predictor.cls_score.weight")
+        kwargs = {"style": "detectron2", **({"num_classes": int(classes.shape[0])} if classes is not None else {})}
+    else:
+        return state, {}
+    try:
+        return converter(state), kwargs
+    except (KeyError, ValueError) as exc:
+        raise InputError(f"{weights}: cannot convert this {kind} checkpoint ({exc})") from None
+
+
+def _convert_by_name(name: str, state: dict) -> dict:
+    """torchvision R-CNN or official YOLOv7 naming; the state dict unchanged when it is neither."""
+    from .. import convert
+
+    if name.startswith("centermask2"):
+        return state
+    try:
+        return (convert.from_yolov7 if is_yolo(name) else convert.from_torchvision)(state)
+    except (KeyError, ValueError, RuntimeError):
+        return state
+
+
+def load_fitting_weights(model: torch.nn.Module, state: dict, what: str) -> None:
+    """``load_state_dict(strict=True)`` with one-line errors (``InputError`` starting with ``what``): the
+    missing and unexpected keys, or the first key whose shape differs, with both shapes."""
+    from ..data.video import InputError
+
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise InputError(f"{what}: {len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected "
+                         f"{unexpected[:3]}")
+    for key, value in expected.items():
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise InputError(f"{what}: {key} has shape {tuple(state[key].shape)} in the weights, "
+                             f"{tuple(value.shape)} in the model")
+    model.load_state_dict(state)
