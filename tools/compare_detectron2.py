@@ -140,14 +140,16 @@ def _max_abs(a, b) -> float | None:
 
 
 def _match_rows(a, b) -> dict:
-    """Same rows in the same order? Otherwise how many rows of ``a`` have an equal row in ``b``."""
+    """Row counts; the largest difference when both have the same rows; and how many rows of ``a`` equal
+    (within 1e-3) some row of ``b``, whatever the order."""
     import torch
+    report = {"rows": [a.shape[0], b.shape[0]]}
     if a.shape == b.shape and a.numel():
-        diff = (a.double() - b.double()).abs().reshape(a.shape[0], -1).amax(1)
-        return {"rows": [a.shape[0], b.shape[0]], "max_abs": float(diff.max()), "rows_over_1e-3": int((diff > 1e-3).sum())}
-    common = torch.cdist(a.double().reshape(len(a), -1), b.double().reshape(len(b), -1)) if len(a) and len(b) else None
-    matched = int((common.amin(1) < 1e-3).sum()) if common is not None else 0
-    return {"rows": [a.shape[0], b.shape[0]], "rows_matched_1e-3": matched}
+        report["max_abs"] = float((a.double() - b.double()).abs().max())
+    if len(a) and len(b):
+        distance = torch.cdist(a.double().reshape(len(a), -1), b.double().reshape(len(b), -1), p=float("inf"))
+        report["rows_matched_1e-3"] = int((distance.amin(1) < 1e-3).sum())
+    return report
 
 
 def compare_model(name: str, workdir: Path) -> dict:
@@ -200,10 +202,42 @@ def compare_model(name: str, workdir: Path) -> dict:
     return report
 
 
+# Each detectron2 setting set back to torchvision's value, one at a time: how many of detectron2's final
+# detections pydet still gives shows what each setting is for.
+TORCHVISION_VALUES = {
+    "stride_in_1x1": False, "round_anchors": True, "anchor_strides": None, "roi_align_aligned": False,
+    "roi_sampling_ratio": 2, "roi_level_rule": "torchvision", "rpn_strict_min_size": False,
+    "rpn_nms_on_logits": False, "box_min_size": 1e-2, "clip_detections": False,
+}
+
+
+def ablation(name: str, workdir: Path) -> dict:
+    import numpy as np
+    import torch
+    import pydet.models
+    from pydet.convert import from_detectron2
+
+    ref = torch.load(workdir / f"{name}.stages.pt")
+    state = from_detectron2(workdir / f"{name}.pkl")
+    bgr = np.load(workdir / "image_bgr.npy")
+    image = torch.from_numpy(bgr[:, :, ::-1].copy()).permute(2, 0, 1).float() / 255.0
+    report = {}
+    for setting, value in TORCHVISION_VALUES.items():
+        model = pydet.models.build(name, num_classes=81, style="detectron2", **{setting: value}).eval()
+        model.load_state_dict(state)
+        with torch.no_grad():
+            out = model([image])[0]
+        report[f"{setting}={value}"] = _match_rows(torch.cat([out["boxes"], out["labels"][:, None] - 1.0], 1),
+                                                   torch.cat([ref["boxes"], ref["labels"][:, None].float()], 1))
+    return report
+
+
 def compare_all(workdir: Path) -> dict:
     import torch
-    return {"image": list(IMAGE_SIZE), "torch": torch.__version__,
-            **{name: compare_model(name, workdir) for name in CONFIGS}}
+    report = {"image": list(IMAGE_SIZE), "torch": torch.__version__,
+              **{name: compare_model(name, workdir) for name in CONFIGS}}
+    report["faster_rcnn_resnet50_fpn"]["one_setting_set_to_torchvision"] = ablation("faster_rcnn_resnet50_fpn", workdir)
+    return report
 
 
 # ---------------------------------------------------------------- main
@@ -231,6 +265,7 @@ def main() -> int:
                     "--detectron2", args.detectron2, "--seed", str(args.seed)], check=True, env=env,
                    cwd=tempfile_dir())
     print(f"detectron2 side: {time.perf_counter() - start:.0f} s", flush=True)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's pydet
     report = compare_all(workdir)
     text = json.dumps(report, indent=1)
     print(text)

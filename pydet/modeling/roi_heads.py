@@ -76,9 +76,9 @@ class MaskRCNNPredictor(nn.Sequential):
 
 
 def fastrcnn_loss(class_logits: Tensor, box_regression: Tensor, labels: Tensor, regression_targets: Tensor,
-                  sampled: Tensor) -> tuple[Tensor, Tensor]:
+                  sampled: Tensor, beta: float = 1 / 9) -> tuple[Tensor, Tensor]:
     """torchvision's Fast R-CNN loss over the RoIs where ``sampled`` is true (the others are padding):
-    cross-entropy averaged over them, smooth-L1 (beta 1/9) of the ground-truth class's deltas summed over
+    cross-entropy averaged over them, smooth-L1 (``beta`` 1/9; detectron2: 0, i.e. L1) of the ground-truth class's deltas summed over
     positives and divided by the number sampled."""
     num_sampled = sampled.sum().clamp(min=1)
     labels = labels.clamp(min=0)
@@ -88,7 +88,7 @@ def fastrcnn_loss(class_logits: Tensor, box_regression: Tensor, labels: Tensor, 
     deltas = box_regression.view(labels.shape[0], -1, 4)
     deltas = deltas.gather(1, labels.view(-1, 1, 1).expand(-1, 1, 4))[:, 0]
     targets = torch.where(positive, regression_targets, 0.0)  # unmatched RoIs may encode to inf
-    box_loss = torch.where(positive, F.smooth_l1_loss(deltas, targets, beta=1 / 9, reduction="none"), 0.0)
+    box_loss = torch.where(positive, F.smooth_l1_loss(deltas, targets, beta=beta, reduction="none"), 0.0)
     return classification, box_loss.sum() / num_sampled
 
 
@@ -140,7 +140,7 @@ class RoIHeads(nn.Module):
                  fg_iou_thresh: float = 0.5, bg_iou_thresh: float = 0.5, batch_size_per_image: int = 512,
                  positive_fraction: float = 0.25, bbox_reg_weights: Sequence[float] | None = None,
                  score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 100,
-                 min_box_size: float = 1e-2, mask_roi_pool: nn.Module | None = None, mask_head: nn.Module | None = None,
+                 min_box_size: float = 1e-2, smooth_l1_beta: float = 1 / 9, mask_roi_pool: nn.Module | None = None, mask_head: nn.Module | None = None,
                  mask_predictor: nn.Module | None = None):
         super().__init__()
         self.box_roi_pool = box_roi_pool
@@ -153,6 +153,7 @@ class RoIHeads(nn.Module):
         self.nms_thresh = float(nms_thresh)
         self.detections_per_img = int(detections_per_img)
         self.min_box_size = float(min_box_size)
+        self.smooth_l1_beta = float(smooth_l1_beta)
         mask_parts = (mask_roi_pool, mask_head, mask_predictor)
         if any(p is None for p in mask_parts) and any(p is not None for p in mask_parts):
             raise ValueError("mask_roi_pool, mask_head and mask_predictor must be given together")
@@ -219,7 +220,8 @@ class RoIHeads(nn.Module):
                                               samples.boxes.reshape(-1, 4), self.bbox_reg_weights)
         class_logits, box_regression = self.box_forward(features, list(samples.boxes.unbind(0)), image_sizes)
         loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, samples.labels.reshape(-1),
-                                                      regression_targets, samples.sampled.reshape(-1))
+                                                      regression_targets, samples.sampled.reshape(-1),
+                                                      self.smooth_l1_beta)
         return {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
 
     def mask_loss(self, features: dict[str, Tensor], samples: RoISamples, image_sizes: list[tuple[int, int]],

@@ -67,7 +67,8 @@ class RegionProposalNetwork(nn.Module):
                  bg_iou_thresh: float = 0.3, batch_size_per_image: int = 256, positive_fraction: float = 0.5,
                  pre_nms_top_n_train: int = 2000, pre_nms_top_n_test: int = 1000, post_nms_top_n_train: int = 2000,
                  post_nms_top_n_test: int = 1000, nms_thresh: float = 0.7, score_thresh: float = 0.0,
-                 min_size: float = 1e-3, strict_min_size: bool = False, nms_on_logits: bool = False):
+                 min_size: float = 1e-3, strict_min_size: bool = False, nms_on_logits: bool = False,
+                 smooth_l1_beta: float = 1 / 9, normalize_by_batch_size: bool = False):
         super().__init__()
         self.anchor_generator = anchor_generator
         self.head = head
@@ -80,6 +81,8 @@ class RegionProposalNetwork(nn.Module):
         self.min_size = float(min_size)
         self.strict_min_size = bool(strict_min_size)
         self.nms_on_logits = bool(nms_on_logits)
+        self.smooth_l1_beta = float(smooth_l1_beta)
+        self.normalize_by_batch_size = bool(normalize_by_batch_size)
 
     def forward(self, images: ImageList, features: dict[str, Tensor],
                 targets: list[dict[str, Tensor]] | None = None) -> tuple[list[Tensor], dict[str, Tensor]]:
@@ -130,8 +133,9 @@ class RegionProposalNetwork(nn.Module):
         return list(boxes[keep].split(counts))
 
     def compute_loss(self, logits: Tensor, deltas: Tensor, anchors: Tensor, gt_boxes: list[Tensor]) -> dict[str, Tensor]:
-        """torchvision's RPN losses: BCE mean over sampled anchors, smooth-L1 (beta 1/9) summed over
-        positives and divided by the number sampled. Sampled anchors are gathered into fixed-size slots
+        """torchvision's RPN losses: BCE mean over sampled anchors, smooth-L1 (``smooth_l1_beta``, 1/9)
+        summed over positives and divided by the number sampled. detectron2 divides both sums by
+        ``batch_size_per_image * images`` instead (``normalize_by_batch_size``) and uses beta 0 (L1). Sampled anchors are gathered into fixed-size slots
         (the per-image maxima) with a validity mask, so no count is read back from the device."""
         num_images, num_anchors = logits.shape
         gt, gt_valid = pad_per_image([b.to(anchors.dtype) for b in gt_boxes])
@@ -141,7 +145,10 @@ class RegionProposalNetwork(nn.Module):
         labels = labels.masked_fill(matches == Matcher.BETWEEN_THRESHOLDS, -1.0)
         positive, negative = self.sampler(labels)
         sampled = positive | negative
-        num_sampled = sampled.sum().clamp(min=1)
+        if self.normalize_by_batch_size:
+            num_sampled = torch.tensor(float(self.sampler.batch_size_per_image * num_images), device=logits.device)
+        else:
+            num_sampled = sampled.sum().clamp(min=1)
 
         slots = sampled.to(logits.dtype).topk(min(self.sampler.batch_size_per_image, num_anchors), dim=1).indices
         objectness_loss = F.binary_cross_entropy_with_logits(logits.gather(1, slots), positive.gather(1, slots).to(logits.dtype),
@@ -153,6 +160,7 @@ class RegionProposalNetwork(nn.Module):
         matched = gather_rows(gt, matches.gather(1, slots).clamp(min=0))
         targets = ops.encode_boxes(matched.reshape(-1, 4), anchors[slots.reshape(-1)]).view(matched.shape)
         targets = torch.where(is_positive, targets, 0.0)  # unmatched slots may encode to inf
-        box_loss = F.smooth_l1_loss(gather_rows(deltas, slots), targets, beta=1 / 9, reduction="none")
+        box_loss = F.smooth_l1_loss(gather_rows(deltas, slots), targets, beta=self.smooth_l1_beta,
+                                    reduction="none")
         box_loss = torch.where(is_positive, box_loss, 0.0).sum() / num_sampled
         return {"loss_objectness": objectness_loss, "loss_rpn_box_reg": box_loss}

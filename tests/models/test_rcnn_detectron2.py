@@ -262,3 +262,30 @@ def test_conversion_errors(d2_mask_state, tmp_path):
     with pytest.raises(ValueError, match="not numbers"):
         from_detectron2({"model": {**{k: v.numpy() for k, v in d2_mask_state.items()},
                                    "roi_heads.box_head.fc1.bias": np.array(["a"])}})
+
+
+def test_detectron2_style_trains_with_l1_box_losses():
+    from pydet.modeling.roi_heads import fastrcnn_loss
+
+    gen = torch.Generator().manual_seed(0)
+    logits, deltas = torch.randn(6, 3, generator=gen), torch.randn(6, 12, generator=gen)
+    labels, targets = torch.tensor([0, 1, 2, 1, 0, 2]), torch.randn(6, 4, generator=gen)
+    sampled = torch.tensor([True, True, True, True, True, False])
+    _, box_loss = fastrcnn_loss(logits, deltas, labels, targets, sampled, beta=0.0)
+    positive = sampled & (labels > 0)
+    chosen = deltas.view(6, 3, 4)[torch.arange(6), labels]
+    torch.testing.assert_close(box_loss, (chosen - targets).abs()[positive].sum() / sampled.sum())
+
+    torch.manual_seed(0)
+    model = build("mask_rcnn_resnet18_fpn", num_classes=3, style="detectron2", min_size=64, max_size=96).train()
+    images = [torch.rand(3, 64, 80), torch.rand(3, 72, 64)]
+    masks = torch.zeros(1, 64, 80, dtype=torch.uint8)
+    masks[:, 10:40, 12:50] = 1
+    targets = [{"boxes": torch.tensor([[12.0, 10.0, 50.0, 40.0]]), "labels": torch.tensor([1]), "masks": masks},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+                "masks": torch.zeros(0, 72, 64, dtype=torch.uint8)}]
+    losses = model(images, targets)
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.rpn.head.cls_logits.weight.grad.abs().sum() > 0
