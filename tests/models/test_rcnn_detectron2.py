@@ -23,28 +23,27 @@ from pydet.modeling.rpn import RegionProposalNetwork, RPNHead
 from pydet.modeling.transform import IMAGENET_MEAN, IMAGENET_STD, GeneralizedRCNNTransform
 from pydet.structures import ImageList
 
-# pydet name -> detectron2 name (the inverse of the converter's renaming), to make detectron2 state dicts.
-_TO_DETECTRON2 = [
-    (r"^backbone\.body\.conv1\.weight$", "backbone.bottom_up.stem.conv1.weight"),
-    (r"^backbone\.body\.bn1\.", "backbone.bottom_up.stem.conv1.norm."),
-    (r"^backbone\.body\.layer(\d)\.(\d+)\.conv(\d)\.", lambda m: f"backbone.bottom_up.res{int(m[1]) + 1}.{m[2]}.conv{m[3]}."),
-    (r"^backbone\.body\.layer(\d)\.(\d+)\.bn(\d)\.", lambda m: f"backbone.bottom_up.res{int(m[1]) + 1}.{m[2]}.conv{m[3]}.norm."),
-    (r"^backbone\.body\.layer(\d)\.(\d+)\.downsample\.0\.",
-     lambda m: f"backbone.bottom_up.res{int(m[1]) + 1}.{m[2]}.shortcut."),
-    (r"^backbone\.body\.layer(\d)\.(\d+)\.downsample\.1\.",
-     lambda m: f"backbone.bottom_up.res{int(m[1]) + 1}.{m[2]}.shortcut.norm."),
-    (r"^backbone\.fpn\.inner_blocks\.(\d)\.0\.", lambda m: f"backbone.fpn_lateral{int(m[1]) + 2}."),
-    (r"^backbone\.fpn\.layer_blocks\.(\d)\.0\.", lambda m: f"backbone.fpn_output{int(m[1]) + 2}."),
-    (r"^rpn\.head\.conv\.0\.0\.", "proposal_generator.rpn_head.conv."),
-    (r"^rpn\.head\.cls_logits\.", "proposal_generator.rpn_head.objectness_logits."),
-    (r"^rpn\.head\.bbox_pred\.", "proposal_generator.rpn_head.anchor_deltas."),
-    (r"^roi_heads\.box_head\.fc6\.", "roi_heads.box_head.fc1."),
-    (r"^roi_heads\.box_head\.fc7\.", "roi_heads.box_head.fc2."),
-    (r"^roi_heads\.box_predictor\.", "roi_heads.box_predictor."),
-    (r"^roi_heads\.mask_head\.(\d)\.0\.", lambda m: f"roi_heads.mask_head.mask_fcn{int(m[1]) + 1}."),
-    (r"^roi_heads\.mask_predictor\.conv5_mask\.", "roi_heads.mask_head.deconv."),
-    (r"^roi_heads\.mask_predictor\.mask_fcn_logits\.", "roi_heads.mask_head.predictor."),
-]
+_PLAIN_RENAMES = {
+    "backbone.body.conv1.": "backbone.bottom_up.stem.conv1.", "backbone.body.bn1.": "backbone.bottom_up.stem.conv1.norm.",
+    ".downsample.0.": ".shortcut.", ".downsample.1.": ".shortcut.norm.",
+    "rpn.head.conv.0.0.": "proposal_generator.rpn_head.conv.",
+    "rpn.head.cls_logits.": "proposal_generator.rpn_head.objectness_logits.",
+    "rpn.head.bbox_pred.": "proposal_generator.rpn_head.anchor_deltas.",
+    "box_head.fc6.": "box_head.fc1.", "box_head.fc7.": "box_head.fc2.",
+    "mask_predictor.conv5_mask.": "mask_head.deconv.", "mask_predictor.mask_fcn_logits.": "mask_head.predictor.",
+}
+
+
+def detectron2_name(key):
+    """pydet name -> detectron2 name: the converter's renaming backwards, written independently."""
+    key = re.sub(r"body\.layer(\d)", lambda m: f"body.res{int(m[1]) + 1}", key)
+    key = re.sub(r"\.bn(\d)\.", r".conv\1.norm.", key)
+    key = re.sub(r"fpn\.inner_blocks\.(\d)\.0\.", lambda m: f"fpn_lateral{int(m[1]) + 2}.", key)
+    key = re.sub(r"fpn\.layer_blocks\.(\d)\.0\.", lambda m: f"fpn_output{int(m[1]) + 2}.", key)
+    key = re.sub(r"mask_head\.(\d)\.0\.", lambda m: f"mask_head.mask_fcn{int(m[1]) + 1}.", key)
+    for old, new in _PLAIN_RENAMES.items():
+        key = key.replace(old, new)
+    return key.replace("backbone.body.res", "backbone.bottom_up.res")
 
 
 def detectron2_state(num_classes=80, with_masks=True, seed=0):
@@ -54,12 +53,7 @@ def detectron2_state(num_classes=80, with_masks=True, seed=0):
     gen = torch.Generator().manual_seed(seed)
     state = {}
     for key, value in model.state_dict().items():
-        for pattern, replacement in _TO_DETECTRON2:
-            new, count = re.subn(pattern, replacement, key)
-            if count:
-                break
-        assert count, key
-        state[new] = torch.randn(value.shape, generator=gen) * 0.1 + (1.0 if "running_var" in key else 0.0)
+        state[detectron2_name(key)] = torch.randn(value.shape, generator=gen) * 0.1 + (1.0 if "running_var" in key else 0.0)
     # detectron2's predictor layouts: background logit last, no background box row or mask map.
     for kind in ("weight", "bias"):
         state[f"roi_heads.box_predictor.cls_score.{kind}"] = state[f"roi_heads.box_predictor.cls_score.{kind}"]
@@ -198,11 +192,9 @@ def test_converted_state_loads_strictly_and_round_trips(d2_mask_state):
     own = model.state_dict()
     renamed = {k: v for k, v in d2_mask_state.items() if "predictor" not in k and "stem.conv1.weight" not in k}
     assert len(renamed) == len(own) - 7  # conv1 and the six predictor tensors are converted, not renamed
-    for pattern, replacement in _TO_DETECTRON2:  # every other tensor is the detectron2 tensor unchanged
-        for key, value in own.items():
-            new, count = re.subn(pattern, replacement, key)
-            if count and new in renamed:
-                assert torch.equal(value, renamed[new]), key
+    for key, value in own.items():  # every other tensor is the detectron2 tensor unchanged
+        if detectron2_name(key) in renamed:
+            assert torch.equal(value, renamed[detectron2_name(key)]), key
     faster = build("faster_rcnn_resnet50_fpn", num_classes=81, style="detectron2")
     faster.load_state_dict(from_detectron2(detectron2_state(with_masks=False)), strict=True)
 
