@@ -249,6 +249,8 @@ def main() -> int:
     parser.add_argument("--workdir", default="/tmp/pydet-compare-detectron2")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write the comparison as JSON here")
+    parser.add_argument("--reuse", action="store_true", help="compare with the detectron2 outputs already in "
+                        "--workdir (from an earlier run with the same seed) instead of recomputing them")
     parser.add_argument("--dump", action="store_true", help=argparse.SUPPRESS)  # the detectron2 side
     args = parser.parse_args()
     workdir = Path(args.workdir)
@@ -259,12 +261,13 @@ def main() -> int:
     if not (Path(args.detectron2, "detectron2").is_dir() and Path(args.python).exists()):
         print(f"skipped: needs the detectron2 tree ({args.detectron2}) and a Python that imports it ({args.python})")
         return 0
-    env = {**os.environ, "PYTHONPATH": args.detectron2}
-    start = time.perf_counter()
-    subprocess.run([args.python, os.path.abspath(__file__), "--dump", "--workdir", str(workdir),
-                    "--detectron2", args.detectron2, "--seed", str(args.seed)], check=True, env=env,
-                   cwd=tempfile_dir())
-    print(f"detectron2 side: {time.perf_counter() - start:.0f} s", flush=True)
+    if not args.reuse:
+        env = {**os.environ, "PYTHONPATH": args.detectron2}
+        start = time.perf_counter()
+        subprocess.run([args.python, os.path.abspath(__file__), "--dump", "--workdir", str(workdir),
+                        "--detectron2", args.detectron2, "--seed", str(args.seed)], check=True, env=env,
+                       cwd=tempfile_dir())
+        print(f"detectron2 side: {time.perf_counter() - start:.0f} s", flush=True)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's pydet
     report = compare_all(workdir)
     text = json.dumps(report, indent=1)

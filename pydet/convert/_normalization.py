@@ -15,7 +15,7 @@ from torch import Tensor
 from ..modeling.transform import IMAGENET_MEAN, IMAGENET_STD
 
 
-def fold_input_normalization(weight: Tensor, pixel_mean: Sequence[float], pixel_std: Sequence[float],
+def fold_input_normalisation(weight: Tensor, pixel_mean: Sequence[float], pixel_std: Sequence[float],
                              input_format: str = "BGR", *, image_mean: Sequence[float] = IMAGENET_MEAN,
                              image_std: Sequence[float] = IMAGENET_STD) -> Tensor:
     """The first conv's weight ``[O, 3, k, k]`` that gives on pydet's input what ``weight`` gives on
@@ -51,7 +51,11 @@ class NumpyUnpickler(pickle.Unpickler):
     ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # protocol 5
         ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
+        # Protocol-2 pickles written by Python 3 spell byte strings (array data) as _codecs.encode(str,
+        # "latin1"), as torch's weights_only unpickler also admits.
+        ("_codecs", "encode"),
     }
 
     def find_class(self, module: str, name: str) -> Any:

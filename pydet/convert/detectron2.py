@@ -2,7 +2,7 @@
 
 Besides renaming, three layouts differ and are converted exactly:
 - input: detectron2's first conv reads BGR 0-255 pixels minus ``pixel_mean`` over ``pixel_std``; the
-  normalisation is folded into ``backbone.body.conv1`` (:func:`fold_input_normalization`);
+  normalisation is folded into ``backbone.body.conv1`` (:func:`fold_input_normalisation`);
 - box predictor: detectron2's background is the last logit and its class-specific regression has no
   background row; pydet (torchvision's layout) has background first and a background row (zeros here, its
   output is never used). A class-agnostic regression is repeated for every class;
@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ..modeling.anchor_generator import unrounded_cell_anchors
-from ._normalization import fold_input_normalization, load_numpy_pickle
+from ._normalization import fold_input_normalisation, load_numpy_pickle
 
 DETECTRON2_PIXEL_MEAN = (103.53, 116.28, 123.675)
 DETECTRON2_PIXEL_STD = (1.0, 1.0, 1.0)
@@ -153,7 +153,7 @@ def from_detectron2(checkpoint: Any, *, pixel_mean: Sequence[float] | None = Non
     for required in ("backbone.body.conv1.weight", "roi_heads.box_predictor.cls_score.weight"):
         if required not in state:
             raise ValueError(f"not a detectron2 R-CNN checkpoint: no parameter converts to {required!r}")
-    state["backbone.body.conv1.weight"] = fold_input_normalization(
+    state["backbone.body.conv1.weight"] = fold_input_normalisation(
         state["backbone.body.conv1.weight"], DETECTRON2_PIXEL_MEAN if pixel_mean is None else pixel_mean,
         DETECTRON2_PIXEL_STD if pixel_std is None else pixel_std, input_format)
     _box_predictor(state)

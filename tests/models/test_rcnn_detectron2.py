@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from pydet.convert import from_detectron2
-from pydet.convert._normalization import fold_input_normalization, load_numpy_pickle
+from pydet.convert._normalization import fold_input_normalisation, load_numpy_pickle
 from pydet.models import build
 from pydet.modeling.anchor_generator import AnchorGenerator
 from pydet.modeling.poolers import detectron2_levels
@@ -155,13 +155,13 @@ def test_folded_normalisation_is_exact_including_borders(input_format):
     theirs = (255 * image[:, order] - pixel_mean[order].view(1, 3, 1, 1)) / pixel_std[order].view(1, 3, 1, 1)
     ours = (image - torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(1, 3, 1, 1)) / torch.tensor(
         IMAGENET_STD, dtype=torch.float64).view(1, 3, 1, 1)
-    folded = fold_input_normalization(weight, pixel_mean[order].tolist(), pixel_std[order].tolist(), input_format)
+    folded = fold_input_normalisation(weight, pixel_mean[order].tolist(), pixel_std[order].tolist(), input_format)
     torch.testing.assert_close(F.conv2d(ours, folded, stride=2, padding=3),
                                F.conv2d(theirs, weight, stride=2, padding=3), rtol=1e-12, atol=1e-10)
     with pytest.raises(ValueError, match="cannot be folded"):
-        fold_input_normalization(weight, [0.0, 0.0, 0.0], [1.0, 1.0, 1.0])
+        fold_input_normalisation(weight, [0.0, 0.0, 0.0], [1.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="input_format"):
-        fold_input_normalization(weight, pixel_mean.tolist(), [1.0] * 3, "YUV")
+        fold_input_normalisation(weight, pixel_mean.tolist(), [1.0] * 3, "YUV")
 
 
 @pytest.mark.parametrize("agnostic", [False, True])
@@ -281,3 +281,15 @@ def test_detectron2_style_trains_with_l1_box_losses():
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     assert model.rpn.head.cls_logits.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_numpy_pickles_of_every_protocol_load(tmp_path, protocol):
+    arrays = {"model": {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "n": np.int64(3)}, "__author__": "x"}
+    data = pickle.dumps(arrays, protocol=protocol)
+    if protocol <= 3:  # files written by numpy < 2 name numpy.core (unframed protocols: a plain rename)
+        data = data.replace(b"numpy._core.", b"numpy.core.")
+    (tmp_path / "a.pkl").write_bytes(data)
+    loaded = load_numpy_pickle(str(tmp_path / "a.pkl"))
+    assert loaded["__author__"] == "x" and loaded["model"]["n"] == 3
+    assert np.array_equal(loaded["model"]["w"], arrays["model"]["w"])
