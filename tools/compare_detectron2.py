@@ -32,6 +32,9 @@ CONFIGS = {
     "mask_rcnn_resnet50_fpn": "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml",
 }
 IMAGE_SIZE = (800, 1066)  # short side 800, long side < 1333: detectron2's and pydet's resize are the identity
+# With random weights the best 1000 proposals all come from the finest levels; keeping every proposal that
+# survives NMS (on both sides) sends boxes of every level and anchor shape through the box head.
+POST_NMS_TOPK_TEST = 5000
 
 
 # ---------------------------------------------------------------- detectron2 side (run with --dump)
@@ -57,8 +60,10 @@ def randomise(model, seed: int) -> None:
             std = (1.0 / fan_in) ** 0.5
             if "stem" in name:
                 std /= 64.0  # BGR 0-255 input minus the mean
-            if "cls_score" in name or "bbox_pred" in name or "anchor_deltas" in name or "objectness" in name:
+            if "bbox_pred" in name or "anchor_deltas" in name:
                 std = 0.01
+            if "cls_score" in name or "objectness" in name:
+                std = 0.05  # logits that depend on the features, not on the biases alone
             new = torch.randn(value.shape, generator=gen) * std
         elif name.endswith("bias"):
             new = torch.randn(value.shape, generator=gen) * 0.1
@@ -91,6 +96,7 @@ def dump(workdir: Path, detectron2_root: str, seed: int) -> None:
         cfg = get_cfg()
         cfg.merge_from_file(os.path.join(detectron2_root, "configs", config))
         cfg.MODEL.DEVICE = "cpu"
+        cfg.MODEL.RPN.POST_NMS_TOPK_TEST = POST_NMS_TOPK_TEST
         model = build_model(cfg).eval()
         randomise(model, seed)
         state = {k: v.numpy().copy() for k, v in model.state_dict().items()}
@@ -159,7 +165,8 @@ def compare_model(name: str, workdir: Path) -> dict:
     from pydet.convert import from_detectron2
 
     ref = torch.load(workdir / f"{name}.stages.pt")
-    model = pydet.models.build(name, num_classes=81, style="detectron2").eval()
+    model = pydet.models.build(name, num_classes=81, style="detectron2",
+                               rpn_post_nms_top_n_test=POST_NMS_TOPK_TEST).eval()
     model.load_state_dict(from_detectron2(workdir / f"{name}.pkl"), strict=True)
     bgr = np.load(workdir / "image_bgr.npy")
     image = torch.from_numpy(bgr[:, :, ::-1].copy()).permute(2, 0, 1).float() / 255.0
@@ -174,6 +181,9 @@ def compare_model(name: str, workdir: Path) -> dict:
         ref_features = {k: ref[f"features.{p}"] for k, p in zip(features, ("p2", "p3", "p4", "p5", "p6"))}
         proposals, _ = model.rpn(batch, ref_features)
         report["proposals"] = _match_rows(proposals[0], ref["proposals"])
+        sides = (ref["proposals"][:, 2:] - ref["proposals"][:, :2]).prod(1).sqrt()
+        report["proposal_sqrt_area_quantiles"] = [round(float(q), 1) for q in
+                                                  sides.quantile(torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]))]
         logits, deltas = model.roi_heads.box_forward(ref_features, [ref["proposals"]], batch.image_sizes)
         report["class_logits"] = {"max_abs": _max_abs(torch.cat([logits[:, 1:], logits[:, :1]], 1), ref["class_logits"])}
         report["box_deltas"] = {"max_abs": _max_abs(deltas[:, 4:], ref["box_deltas"])}
@@ -223,7 +233,8 @@ def ablation(name: str, workdir: Path) -> dict:
     image = torch.from_numpy(bgr[:, :, ::-1].copy()).permute(2, 0, 1).float() / 255.0
     report = {}
     for setting, value in TORCHVISION_VALUES.items():
-        model = pydet.models.build(name, num_classes=81, style="detectron2", **{setting: value}).eval()
+        model = pydet.models.build(name, num_classes=81, style="detectron2",
+                                   rpn_post_nms_top_n_test=POST_NMS_TOPK_TEST, **{setting: value}).eval()
         model.load_state_dict(state)
         with torch.no_grad():
             out = model([image])[0]
@@ -234,7 +245,7 @@ def ablation(name: str, workdir: Path) -> dict:
 
 def compare_all(workdir: Path) -> dict:
     import torch
-    report = {"image": list(IMAGE_SIZE), "torch": torch.__version__,
+    report = {"image": list(IMAGE_SIZE), "torch": torch.__version__, "rpn_post_nms_top_n_test": POST_NMS_TOPK_TEST,
               **{name: compare_model(name, workdir) for name in CONFIGS}}
     report["faster_rcnn_resnet50_fpn"]["one_setting_set_to_torchvision"] = ablation("faster_rcnn_resnet50_fpn", workdir)
     return report

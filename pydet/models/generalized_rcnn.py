@@ -144,22 +144,24 @@ _TORCHVISION_DEFAULTS: dict[str, Any] = {
     # Settings where detectron2 differs (see _DETECTRON2_STYLE); torchvision's values here.
     "stride_in_1x1": False, "round_anchors": True, "anchor_strides": None, "roi_align_aligned": False,
     "roi_sampling_ratio": 2, "roi_level_rule": "torchvision", "rpn_min_size": 1e-3, "rpn_strict_min_size": False,
-    "rpn_nms_on_logits": False, "box_min_size": 1e-2, "clip_detections": False,
+    "rpn_nms_on_logits": False, "box_min_size": 1e-2, "clip_detections": False, "resize_rule": "torchvision",
     "rpn_smooth_l1_beta": 1 / 9, "rpn_normalize_by_batch_size": False, "box_smooth_l1_beta": 1 / 9,
 }
 
 # style="detectron2": detectron2's R-CNN FPN (Base-RCNN-FPN.yaml and its defaults.py) where it differs from
-# torchvision: the MSRA ResNet (stride in the 1x1 conv); anchors not rounded, at fixed strides
-# 4 ... 64 (torchvision derives P6's stride from the padded image and gets 61 at 800x1088); ROIAlignV2
-# (aligned, adaptive sampling) with its level rule; RPN proposals strictly non-empty, ranked by logits; no
-# minimum box size before the final NMS, but boxes clipped to the input image and empty ones dropped after
-# it; in training 1000 proposals per image, L1 box losses and RPN losses divided by the anchors sampled for
-# (256 per image). Its input normalisation (BGR, 0-255) and predictor layouts (background last, no
-# background box or mask row) are converted with the weights (pydet.convert.from_detectron2).
+# torchvision: its resize (size rounded, antialiased like PIL); the MSRA ResNet (stride in the 1x1 conv);
+# anchors not rounded, at fixed strides 4 ... 64 (torchvision derives P6's stride from the padded image and
+# gets 61 at 800x1088); ROIAlignV2 (aligned, adaptive sampling) with its level rule; RPN proposals strictly
+# non-empty, ranked by logits; no minimum box size before the final NMS, but boxes clipped to the input
+# image and empty ones dropped after it; in training 1000 proposals per image, L1 box losses and RPN losses
+# divided by the anchors sampled for (256 per image). Its input normalisation (BGR, 0-255) and predictor
+# layouts (background last, no background box or mask row) are converted with the weights
+# (pydet.convert.from_detectron2).
 _DETECTRON2_STYLE: dict[str, Any] = {
     "stride_in_1x1": True, "round_anchors": False, "anchor_strides": (4, 8, 16, 32, 64), "roi_align_aligned": True,
     "roi_sampling_ratio": 0, "roi_level_rule": "detectron2", "rpn_min_size": 0.0, "rpn_strict_min_size": True,
-    "rpn_nms_on_logits": True, "box_min_size": 0.0, "clip_detections": True, "rpn_post_nms_top_n_train": 1000,
+    "rpn_nms_on_logits": True, "box_min_size": 0.0, "clip_detections": True, "resize_rule": "detectron2",
+    "rpn_post_nms_top_n_train": 1000,
     "rpn_smooth_l1_beta": 0.0, "rpn_normalize_by_batch_size": True, "box_smooth_l1_beta": 0.0,
 }
 STYLES = {"torchvision": {}, "detectron2": _DETECTRON2_STYLE}
@@ -221,7 +223,7 @@ def build_rcnn(*, depth: int, num_classes: int, with_masks: bool, defaults: dict
         nms_thresh=cfg["box_nms_thresh"], detections_per_img=cfg["box_detections_per_img"],
         min_box_size=cfg["box_min_size"], smooth_l1_beta=cfg["box_smooth_l1_beta"], **mask_parts)
     transform = GeneralizedRCNNTransform(cfg["min_size"], cfg["max_size"], cfg["image_mean"], cfg["image_std"],
-                                         clip_output=cfg["clip_detections"])
+                                         resize_rule=cfg["resize_rule"], clip_output=cfg["clip_detections"])
     return GeneralizedRCNN(transform, backbone, rpn, roi_heads, num_classes)
 
 

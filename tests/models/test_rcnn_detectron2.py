@@ -74,6 +74,7 @@ def test_style_sets_detectron2_settings_and_overrides_win():
     assert pool.aligned and pool.assign_rule == "detectron2" and pool.sampling_ratio == 2
     assert model.rpn.strict_min_size and model.rpn.nms_on_logits and model.rpn.min_size == 0
     assert model.roi_heads.min_box_size == 0 and model.transform.clip_output
+    assert model.transform.resize_rule == "detectron2" and model.rpn.smooth_l1_beta == 0
     assert model.rpn.anchor_generator.strides == [(s, s) for s in (4, 8, 16, 32, 64)]
     default = build("faster_rcnn_resnet18_fpn", num_classes=3)
     assert not default.roi_heads.box_roi_pool.aligned and default.rpn.anchor_generator.strides is None
@@ -293,3 +294,20 @@ def test_numpy_pickles_of_every_protocol_load(tmp_path, protocol):
     loaded = load_numpy_pickle(str(tmp_path / "a.pkl"))
     assert loaded["__author__"] == "x" and loaded["model"]["n"] == 3
     assert np.array_equal(loaded["model"]["w"], arrays["model"]["w"])
+
+
+def test_detectron2_resize_rounds_the_size_and_resamples_like_pil():
+    Image = pytest.importorskip("PIL.Image")
+    transform = GeneralizedRCNNTransform(800, 1333, resize_rule="detectron2").eval()
+    rng = np.random.default_rng(0)
+    pixels = (rng.random((480, 640, 3)) * 255).astype(np.uint8)
+    pixels = np.asarray(Image.fromarray(pixels).resize((320, 240), Image.BILINEAR).resize((640, 480)))  # smooth
+    image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255
+    resized, _ = transform.resize(image, None)
+    assert resized.shape == (3, 800, 1067)  # 640 * 800 / 480 = 1066.7: torchvision floors to 1066
+    pil = np.asarray(Image.fromarray(pixels).resize((1067, 800), Image.BILINEAR)).astype(np.float32) / 255
+    assert np.abs(resized.permute(1, 2, 0).numpy() - pil).max() < 3 / 255
+    torchvision_rule = GeneralizedRCNNTransform(800, 1333).eval()
+    assert torchvision_rule.resize(image, None)[0].shape == (3, 800, 1066)
+    identity = torch.rand(3, 800, 1066)
+    assert torch.equal(transform.resize(identity, None)[0], identity)
