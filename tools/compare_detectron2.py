@@ -185,7 +185,8 @@ def compare_model(name: str, workdir: Path) -> dict:
         report["proposal_sqrt_area_quantiles"] = [round(float(q), 1) for q in
                                                   sides.quantile(torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]))]
         logits, deltas = model.roi_heads.box_forward(ref_features, [ref["proposals"]], batch.image_sizes)
-        report["class_logits"] = {"max_abs": _max_abs(torch.cat([logits[:, 1:], logits[:, :1]], 1), ref["class_logits"])}
+        background_last = torch.cat([logits[:, 1:], logits[:, :1]], 1)
+        report["class_logits"] = {"max_abs": _max_abs(background_last, ref["class_logits"])}
         report["box_deltas"] = {"max_abs": _max_abs(deltas[:, 4:], ref["box_deltas"])}
         pre = model.roi_heads.postprocess_detections(logits, deltas, [ref["proposals"]], batch.image_sizes)[0]
         report["pre_mask.boxes"] = _match_rows(pre["boxes"], ref["pre_mask.boxes"])

@@ -3,9 +3,14 @@
 Module and parameter names follow torchvision (``box_head.fc6``, ``box_predictor.cls_score``,
 ``mask_head.0.0``, ``mask_predictor.conv5_mask`` ...), so its checkpoints load unchanged. Inference
 equals torchvision's ``postprocess_detections``: softmax, per-class decode (weights 10, 10, 5, 5), clip,
-drop the background column, keep scores ``> score_thresh`` and boxes at least 1e-2 wide and high,
-class-aware NMS, best ``detections_per_img`` per image; the whole batch goes through one
-``pydet.ops.batched_nms`` call (groups ``image * num_classes + class``).
+drop the background column, keep scores ``> score_thresh`` and boxes at least ``min_box_size`` (1e-2) wide
+and high, class-aware NMS, best ``detections_per_img`` per image; the whole batch goes through one
+``pydet.ops.batched_nms`` call (groups ``image * num_classes + class``). detectron2's
+``fast_rcnn_inference`` is the same with ``min_box_size=0`` (it drops empty boxes only after rescaling,
+``GeneralizedRCNNTransform(clip_output=True)``).
+
+Training runs in one-purpose steps, as detectron2's ``StandardROIHeads``: :meth:`RoIHeads.sample_proposals`,
+:meth:`RoIHeads.box_losses`, :meth:`RoIHeads.mask_loss`.
 """
 from __future__ import annotations
 
@@ -78,8 +83,8 @@ class MaskRCNNPredictor(nn.Sequential):
 def fastrcnn_loss(class_logits: Tensor, box_regression: Tensor, labels: Tensor, regression_targets: Tensor,
                   sampled: Tensor, beta: float = 1 / 9) -> tuple[Tensor, Tensor]:
     """torchvision's Fast R-CNN loss over the RoIs where ``sampled`` is true (the others are padding):
-    cross-entropy averaged over them, smooth-L1 (``beta`` 1/9; detectron2: 0, i.e. L1) of the ground-truth class's deltas summed over
-    positives and divided by the number sampled."""
+    cross-entropy averaged over them, smooth-L1 (``beta`` 1/9; detectron2's 0 is L1) of the ground-truth
+    class's deltas summed over positives and divided by the number sampled."""
     num_sampled = sampled.sum().clamp(min=1)
     labels = labels.clamp(min=0)
     classification = F.cross_entropy(class_logits, labels, reduction="none")
@@ -140,8 +145,8 @@ class RoIHeads(nn.Module):
                  fg_iou_thresh: float = 0.5, bg_iou_thresh: float = 0.5, batch_size_per_image: int = 512,
                  positive_fraction: float = 0.25, bbox_reg_weights: Sequence[float] | None = None,
                  score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 100,
-                 min_box_size: float = 1e-2, smooth_l1_beta: float = 1 / 9, mask_roi_pool: nn.Module | None = None, mask_head: nn.Module | None = None,
-                 mask_predictor: nn.Module | None = None):
+                 min_box_size: float = 1e-2, smooth_l1_beta: float = 1 / 9, mask_roi_pool: nn.Module | None = None,
+                 mask_head: nn.Module | None = None, mask_predictor: nn.Module | None = None):
         super().__init__()
         self.box_roi_pool = box_roi_pool
         self.box_head = box_head

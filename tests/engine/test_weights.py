@@ -38,7 +38,8 @@ def test_weights_of_another_shape_name_the_first_key_and_both_shapes(tmp_path):
         build_model("faster_rcnn_resnet18_fpn", str(path))
     message = str(info.value)
     assert "\n" not in message and str(path) in message
-    assert "roi_heads.box_predictor.cls_score.weight has shape (5, 512) in the weights, (91, 512) in the model" in message
+    assert ("roi_heads.box_predictor.cls_score.weight has shape (5, 512) in the weights, (91, 512) in the model"
+            in message)
 
 
 def test_centermask2_keys_go_to_from_centermask2(tmp_path, monkeypatch):

@@ -24,7 +24,8 @@ from pydet.modeling.transform import IMAGENET_MEAN, IMAGENET_STD, GeneralizedRCN
 from pydet.structures import ImageList
 
 _PLAIN_RENAMES = {
-    "backbone.body.conv1.": "backbone.bottom_up.stem.conv1.", "backbone.body.bn1.": "backbone.bottom_up.stem.conv1.norm.",
+    "backbone.body.conv1.": "backbone.bottom_up.stem.conv1.",
+    "backbone.body.bn1.": "backbone.bottom_up.stem.conv1.norm.",
     ".downsample.0.": ".shortcut.", ".downsample.1.": ".shortcut.norm.",
     "rpn.head.conv.0.0.": "proposal_generator.rpn_head.conv.",
     "rpn.head.cls_logits.": "proposal_generator.rpn_head.objectness_logits.",
@@ -53,7 +54,8 @@ def detectron2_state(num_classes=80, with_masks=True, seed=0):
     gen = torch.Generator().manual_seed(seed)
     state = {}
     for key, value in model.state_dict().items():
-        state[detectron2_name(key)] = torch.randn(value.shape, generator=gen) * 0.1 + (1.0 if "running_var" in key else 0.0)
+        offset = 1.0 if "running_var" in key else 0.0
+        state[detectron2_name(key)] = torch.randn(value.shape, generator=gen) * 0.1 + offset
     # detectron2's predictor layouts: background logit last, no background box row or mask map.
     for kind in ("weight", "bias"):
         state[f"roi_heads.box_predictor.cls_score.{kind}"] = state[f"roi_heads.box_predictor.cls_score.{kind}"]
@@ -138,8 +140,8 @@ def test_rpn_detectron2_ranks_by_logits_and_drops_empty_boxes():
 
 def test_clip_output_drops_boxes_left_empty():
     transform = GeneralizedRCNNTransform(clip_output=True)
-    det = {"boxes": torch.tensor([[-5.0, 2.0, 30.0, 50.0], [45.0, 0.0, 60.0, 10.0]]), "scores": torch.tensor([0.9, 0.8]),
-           "labels": torch.tensor([1, 2]), "masks": torch.zeros(2, 1, 28, 28)}
+    det = {"boxes": torch.tensor([[-5.0, 2.0, 30.0, 50.0], [45.0, 0.0, 60.0, 10.0]]),
+           "scores": torch.tensor([0.9, 0.8]), "labels": torch.tensor([1, 2]), "masks": torch.zeros(2, 1, 28, 28)}
     out = transform.postprocess([det], [(40, 40)], [(40, 40)])[0]
     assert out["boxes"].tolist() == [[0.0, 2.0, 30.0, 40.0]] and out["labels"].tolist() == [1]
     assert out["masks"].shape == (1, 1, 28, 28)
@@ -173,10 +175,11 @@ def test_box_predictor_layout_gives_the_same_probabilities_and_deltas(d2_mask_st
             state[f"roi_heads.box_predictor.bbox_pred.{kind}"] = state[f"roi_heads.box_predictor.bbox_pred.{kind}"][:4]
     ours = from_detectron2(state)
     x = torch.randn(5, 1024, generator=torch.Generator().manual_seed(1))
-    theirs_logits = F.linear(x, state["roi_heads.box_predictor.cls_score.weight"], state["roi_heads.box_predictor.cls_score.bias"])
-    theirs_deltas = F.linear(x, state["roi_heads.box_predictor.bbox_pred.weight"], state["roi_heads.box_predictor.bbox_pred.bias"])
-    logits = F.linear(x, ours["roi_heads.box_predictor.cls_score.weight"], ours["roi_heads.box_predictor.cls_score.bias"])
-    deltas = F.linear(x, ours["roi_heads.box_predictor.bbox_pred.weight"], ours["roi_heads.box_predictor.bbox_pred.bias"])
+    def linear(weights, name):
+        return F.linear(x, weights[f"roi_heads.box_predictor.{name}.weight"], weights[f"roi_heads.box_predictor.{name}.bias"])
+
+    theirs_logits, theirs_deltas = linear(state, "cls_score"), linear(state, "bbox_pred")
+    logits, deltas = linear(ours, "cls_score"), linear(ours, "bbox_pred")
     probs, theirs_probs = logits.softmax(-1), theirs_logits.softmax(-1)
     torch.testing.assert_close(probs[:, 1:], theirs_probs[:, :-1])  # detectron2 class k is pydet label k + 1
     torch.testing.assert_close(probs[:, 0], theirs_probs[:, -1])
