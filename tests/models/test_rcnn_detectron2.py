@@ -314,3 +314,12 @@ def test_detectron2_resize_rounds_the_size_and_resamples_like_pil():
     assert torchvision_rule.resize(image, None)[0].shape == (3, 800, 1066)
     identity = torch.rand(3, 800, 1066)
     assert torch.equal(transform.resize(identity, None)[0], identity)
+
+
+@pytest.mark.parametrize("size, expected", [((480, 640), (800, 1067)), ((640, 480), (1067, 800)),
+                                            ((500, 1500), (444, 1333)), ((600, 600), (800, 800)),
+                                            ((800, 1066), (800, 1066))])
+def test_detectron2_resized_size(size, expected):
+    from pydet.modeling.transform import detectron2_resized_size
+
+    assert detectron2_resized_size(*size, 800, 1333) == expected
