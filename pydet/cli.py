@@ -33,8 +33,9 @@ def _model_args(pairs: list[str]) -> dict:
 
 def _add_model_options(parser: argparse.ArgumentParser, weights_required: bool = False) -> None:
     parser.add_argument("--model", required=True, help="registered model name (see `pydet models`)")
-    parser.add_argument("--weights", required=weights_required, help="pydet checkpoint (.safetensors) or a "
-                        "state dict (.pt/.pth, loaded with weights_only=True)")
+    parser.add_argument("--weights", required=weights_required, help="pydet checkpoint (.safetensors), a "
+                        "state dict (.pt/.pth, loaded with weights_only=True) or a detectron2 model-zoo .pkl; "
+                        "torchvision, YOLOv7, detectron2 R-CNN and CenterMask2 weights are converted")
     parser.add_argument("--model-arg", action="append", default=[], metavar="NAME=VALUE",
                         help="extra build argument, e.g. min_size=320 or box_score_thresh=0.3 (repeatable)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")

@@ -62,16 +62,44 @@ def default_label_map(name: str, num_classes: int) -> LabelMap:
     offset = spec.label_offset
     if num_classes == spec.num_classes:
         return LabelMap.for_model(name, COCO_CATEGORIES, coco_ids=True)
+    if num_classes == len(COCO_CATEGORIES) + offset:  # COCO's 80 categories in id order (detectron2's layout)
+        return LabelMap.for_model(name, COCO_CATEGORIES)
     return LabelMap.for_model(name, [{"id": i + 1, "name": f"class{i + 1}"} for i in range(num_classes - offset)])
 
 
-def _convert(state: dict, converters) -> dict:
-    """``state`` through the first converter that recognises it; unchanged when none does."""
-    for converter in converters:
+def _recognised_converter(name: str, weights, state: dict):
+    """The converter of ``name``'s spec that recognises ``state`` by its keys (None if none does). A checkpoint
+    that only other models' converters recognise is an error naming those models."""
+    from ..data.video import InputError
+
+    for converter in models.spec(name).converters:
+        if converter.recognise is not None and converter.recognise(state):
+            return converter
+    for other in models.available():
+        for converter in models.spec(other).converters:
+            if converter.recognise is not None and converter.recognise(state):
+                takers = [n for n in models.available() if converter in models.spec(n).converters]
+                raise InputError(f"{weights}: a {converter.name} checkpoint; use --model "
+                                 f"{' or '.join(takers)}, not {name}")
+    return None
+
+
+def _convert(name: str, weights, state: dict, recognised) -> dict:
+    """``state`` in ``name``'s layout: through the recognised converter, else through the first of the spec's
+    other converters that takes it; unchanged when none does."""
+    from ..data.video import InputError
+
+    if recognised is not None:
         try:
-            return converter(state)
-        except (KeyError, ValueError, RuntimeError):
-            continue
+            return recognised.convert(state)
+        except (KeyError, ValueError) as exc:
+            raise InputError(f"{weights}: cannot convert this {recognised.name} checkpoint ({exc})") from None
+    for converter in models.spec(name).converters:
+        if converter.recognise is None:
+            try:
+                return converter.convert(state)
+            except (KeyError, ValueError, RuntimeError):
+                continue
     return state
 
 
@@ -79,16 +107,31 @@ def build_model(name: str, weights: str | None = None, **overrides):
     """``(model, label_map, meta)``: ``name`` built as the weights file describes (pydet checkpoints store
     the build arguments and categories), then loaded strictly.
 
-    Weights that are not in pydet's layout go through the model's converters (its spec's: torchvision R-CNN,
-    official YOLOv7, ...). Without weights the model is randomly initialised.
+    Weights that are not in pydet's layout go through the model's converters (its spec's): those that tell
+    a layout by its keys (detectron2 R-CNN, CenterMask2) may also set build arguments (detectron2's
+    ``style="detectron2"`` and class count); the others (torchvision R-CNN, official YOLOv7) are tried in
+    turn. Without weights the model is randomly initialised.
     """
     from ..data.video import InputError
     from .checkpoint import read_weights
 
+    name = models.canonical_name(name)
     state, meta = read_weights(weights) if weights is not None else ({}, {})
-    kwargs = {**meta.get("model_kwargs", {}), **overrides}
-    spec = models.spec(name)
-    kwargs.setdefault("num_classes", spec.num_classes)
+    saved = meta.get("model")
+    if saved is None or models.canonical_name(saved) == name:
+        return _build_and_load(name, weights, state, meta, overrides)
+    try:  # another model's checkpoint: fine when it fits (e.g. yolov7_tiny weights for yolov7_tiny_320)
+        return _build_and_load(name, weights, state, meta, overrides)
+    except (TypeError, InputError):
+        raise InputError(f"{weights}: a checkpoint of {saved}, which {name} cannot load; "
+                         f"use --model {saved}") from None
+
+
+def _build_and_load(name: str, weights, state: dict, meta: dict, overrides: dict):
+    recognised = _recognised_converter(name, weights, state) if weights is not None else None
+    implied = recognised.build_kwargs(state) if recognised is not None else {}
+    kwargs = {**meta.get("model_kwargs", {}), **implied, **overrides}
+    kwargs.setdefault("num_classes", models.spec(name).num_classes)
     model = models.build(name, **kwargs)
     if "categories" in meta:
         label_map = LabelMap(meta["categories"], meta["model_labels"])
@@ -96,16 +139,24 @@ def build_model(name: str, weights: str | None = None, **overrides):
         label_map = default_label_map(name, kwargs["num_classes"])
     if weights is None:
         return model, label_map, meta
-    expected = set(model.state_dict())
-    if set(state) != expected:
-        state = _convert(state, spec.converters)
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise InputError(f"{weights}: weights do not fit {name}: {len(missing)} missing keys "
-                         f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
-        raise InputError(f"{weights}: weights do not fit {name} ({first})") from None
+    if set(state) != set(model.state_dict()):
+        state = _convert(name, weights, state, recognised)
+    load_fitting_weights(model, state, f"{weights}: weights do not fit {name}")
     return model, label_map, meta
+
+
+def load_fitting_weights(model: torch.nn.Module, state: dict, what: str) -> None:
+    """``load_state_dict(strict=True)`` with one-line errors (``InputError`` starting with ``what``): the
+    missing and unexpected keys, or the first key whose shape differs, with both shapes."""
+    from ..data.video import InputError
+
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise InputError(f"{what}: {len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected "
+                         f"{unexpected[:3]}")
+    for key, value in expected.items():
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise InputError(f"{what}: {key} has shape {tuple(state[key].shape)} in the weights, "
+                             f"{tuple(value.shape)} in the model")
+    model.load_state_dict(state)

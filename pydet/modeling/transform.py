@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..structures import ImageList, batch_images
+from .batching import clip_boxes_per_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -54,24 +55,38 @@ def check_images_and_targets(images, targets, *, need_masks: bool = False) -> No
 class GeneralizedRCNNTransform(nn.Module):
     """Normalise with ``image_mean``/``image_std``, resize so the short side is ``min_size`` (drawn at
     random from a tuple in training) and the long side at most ``max_size``, pad to ``size_divisible``.
+
+    ``resize_rule="detectron2"`` is detectron2's ``ResizeShortestEdge``: the new size rounded to the
+    nearest pixel (torchvision floors it) and resampled with antialiased bilinear interpolation, the PIL
+    filter detectron2 applies (to 8-bit pixels, so results agree to within their rounding).
+    ``clip_output=True`` is detectron2's ``detector_postprocess``: after scaling back to the input image,
+    boxes are clipped to it and detections whose box is left without area are dropped.
     """
 
     def __init__(self, min_size: int | Sequence[int] = 800, max_size: int = 1333,
                  image_mean: Sequence[float] = IMAGENET_MEAN, image_std: Sequence[float] = IMAGENET_STD,
-                 size_divisible: int = 32):
+                 size_divisible: int = 32, *, resize_rule: str = "torchvision", clip_output: bool = False):
         super().__init__()
         self.min_size = (min_size,) if isinstance(min_size, int) else tuple(min_size)
         self.max_size = max_size
         self.register_buffer("image_mean", torch.tensor(image_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(image_std).view(3, 1, 1), persistent=False)
         self.size_divisible = size_divisible
+        if resize_rule not in ("torchvision", "detectron2"):
+            raise ValueError(f"resize_rule must be 'torchvision' or 'detectron2', got {resize_rule!r}")
+        self.resize_rule = resize_rule
+        self.clip_output = bool(clip_output)
 
     def resize(self, image: Tensor, target: dict | None):
         h, w = image.shape[-2:]
         size = random.choice(self.min_size) if self.training else self.min_size[-1]
-        scale = min(size / min(h, w), self.max_size / max(h, w))
-        image = F.interpolate(image[None], size=None, scale_factor=scale, mode="bilinear",
-                              recompute_scale_factor=True, align_corners=False)[0]
+        if self.resize_rule == "detectron2":
+            image = F.interpolate(image[None], size=detectron2_resized_size(h, w, size, self.max_size),
+                                  mode="bilinear", align_corners=False, antialias=True)[0]
+        else:
+            scale = min(size / min(h, w), self.max_size / max(h, w))
+            image = F.interpolate(image[None], size=None, scale_factor=scale, mode="bilinear",
+                                  recompute_scale_factor=True, align_corners=False)[0]
         if target is None:
             return image, None
         target = dict(target)
@@ -93,9 +108,24 @@ class GeneralizedRCNNTransform(nn.Module):
     def postprocess(self, detections: list[dict], image_sizes: list[tuple[int, int]],
                     original_sizes: list[tuple[int, int]]) -> list[dict]:
         """Map boxes (and any keypoint-free fields) from resized back to original image coordinates."""
-        for det, size, original in zip(detections, image_sizes, original_sizes):
+        for i, (det, size, original) in enumerate(zip(detections, image_sizes, original_sizes)):
             det["boxes"] = resize_boxes(det["boxes"], size, original)
+            if self.clip_output:
+                boxes = clip_boxes_per_image(det["boxes"], det["boxes"].new_tensor(original))
+                nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+                detections[i] = {**{k: v[nonempty] for k, v in det.items()}, "boxes": boxes[nonempty]}
         return detections
+
+
+def detectron2_resized_size(height: int, width: int, short: int, max_size: int) -> tuple[int, int]:
+    """detectron2's ``ResizeShortestEdge.get_output_shape``: short side ``short``, long side at most
+    ``max_size``, each rounded half up."""
+    scale = short / min(height, width)
+    new_h, new_w = (short, scale * width) if height < width else (scale * height, short)
+    if max(new_h, new_w) > max_size:
+        scale = max_size / max(new_h, new_w)
+        new_h, new_w = new_h * scale, new_w * scale
+    return int(new_h + 0.5), int(new_w + 0.5)
 
 
 def resize_boxes(boxes: Tensor, original_size: Sequence[int], new_size: Sequence[int]) -> Tensor:

@@ -17,6 +17,22 @@ def _short_side_kwargs(size: int) -> dict:
     return {"min_size": int(size), "max_size": int(size) * 1333 // 800}
 
 
+def _nothing(state: Mapping) -> dict:
+    return {}
+
+
+@dataclass(frozen=True)
+class Converter:
+    """A foreign checkpoint layout that a model loads. ``convert(state)`` gives the model's state dict and
+    raises ``KeyError``/``ValueError`` when the layout is not its own. ``recognise(state)``, where the layout
+    can be told by its keys alone, lets a checkpoint given to the wrong model be named for what it is;
+    ``build_kwargs(state)`` are the build arguments the checkpoint implies (e.g. its class count)."""
+    name: str
+    convert: Callable[[Mapping], dict]
+    recognise: Callable[[Mapping], bool] | None = None
+    build_kwargs: Callable[[Mapping], dict] = _nothing
+
+
 @dataclass(frozen=True)
 class TrainingDefaults:
     """What ``pydet train`` uses for the options the user leaves out."""
@@ -34,14 +50,13 @@ class ModelSpec:
     ``label_offset`` is the model label of dataset class 0: 1 when label 0 is the background (torchvision's
     R-CNN convention), 0 when labels are ``0..num_classes-1``. ``num_classes`` is the factory's default (the
     COCO layout the official weights use). ``input_size(size)`` gives the build arguments that make the model
-    work on images of about ``size`` pixels. ``converters`` turn foreign checkpoints into the model's state
-    dict; each takes a state dict and raises ``KeyError``/``ValueError`` when it does not recognise it.
+    work on images of about ``size`` pixels. ``converters`` are the foreign checkpoint layouts it loads.
     """
     has_masks: bool
     label_offset: int
     num_classes: int
     input_size: Callable[[int], dict] = _short_side_kwargs
-    converters: tuple[Callable[[Mapping], dict], ...] = ()
+    converters: tuple[Converter, ...] = ()
     training: TrainingDefaults = field(default_factory=TrainingDefaults)
 
 

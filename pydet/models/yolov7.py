@@ -24,7 +24,7 @@ from ..modeling.yolo import IDetect, build_layer_graph, fuse_modules
 from ..modeling.transform import check_images_and_targets
 from ..modeling.yolo_loss import ComputeLoss, ComputeLossOTA
 from ..convert.yolov7 import from_yolov7
-from .registry import ModelSpec, TrainingDefaults
+from .registry import Converter, ModelSpec, TrainingDefaults
 
 STRIDES = (8, 16, 32)
 PAD_VALUE = 114 / 255
@@ -322,4 +322,4 @@ def letterbox_size_kwargs(size: int) -> dict:
 
 
 YOLOV7_SPEC = ModelSpec(has_masks=False, label_offset=0, num_classes=80, input_size=letterbox_size_kwargs,
-                        converters=(from_yolov7,), training=TrainingDefaults(ema=True))
+                        converters=(Converter("official YOLOv7", from_yolov7),), training=TrainingDefaults(ema=True))
