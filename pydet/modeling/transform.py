@@ -19,8 +19,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def check_images_and_targets(images, targets, *, need_masks: bool = False) -> None:
-    """Clear errors for the calling convention shared by all models."""
+def check_images_and_targets(images, targets, *, need_masks: bool = False, num_classes: int | None = None,
+                             positive_boxes: bool = True) -> None:
+    """Clear errors for the calling convention shared by all models: the images and the targets' types and
+    shapes, and with ``num_classes`` their values (finite boxes, with positive width and height unless
+    ``positive_boxes=False``, labels in ``[0, num_classes)``, masks of the image's size)."""
     if not isinstance(images, (list, tuple)) or not images:
         raise ValueError("images must be a non-empty list of [3, H, W] tensors")
     for i, img in enumerate(images):
@@ -31,6 +34,8 @@ def check_images_and_targets(images, targets, *, need_masks: bool = False) -> No
             raise ValueError(f"images[{i}] must be floating point in [0, 1], got {img.dtype}")
         if img.device != images[0].device:
             raise ValueError(f"images[{i}] is on {img.device}, images[0] on {images[0].device}")
+        if img.numel() == 0:
+            raise ValueError(f"images[{i}] is empty: shape {tuple(img.shape)}")
     if targets is None:
         return
     if len(targets) != len(images):
@@ -50,6 +55,33 @@ def check_images_and_targets(images, targets, *, need_masks: bool = False) -> No
                 raise ValueError(f"targets[{i}]['masks'] must be a [M, H, W] tensor")
             if masks.device != device:
                 raise ValueError(f"targets[{i}]['masks'] must be on the images' device {device}")
+            if masks.shape[-2:] != images[i].shape[-2:]:
+                raise ValueError(f"targets[{i}]['masks'] must have the image's size {tuple(images[i].shape[-2:])}, "
+                                 f"got {tuple(masks.shape[-2:])}")
+    if num_classes is not None:
+        _check_target_values(targets, num_classes, positive_boxes)
+
+
+def _check_target_values(targets, num_classes: int, positive_boxes: bool) -> None:
+    """Finite boxes (with positive width and height) and labels in range, with one read-back to the host."""
+    boxes = torch.cat([t["boxes"] for t in targets])
+    labels = torch.cat([t["labels"] for t in targets])
+    not_finite = ~torch.isfinite(boxes).all(dim=1)
+    degenerate = ~(boxes[:, 2:] > boxes[:, :2]).all(dim=1) if positive_boxes else torch.zeros_like(not_finite)
+    bad_label = (labels < 0) | (labels >= num_classes)
+    problems = torch.stack([not_finite.any(), degenerate.any(), bad_label.any()]).tolist()
+    if not any(problems):
+        return
+    bad = (not_finite, degenerate, bad_label)[problems.index(True)]
+    first = int(torch.nonzero(bad)[0])
+    image = int(torch.searchsorted(torch.tensor([len(t["boxes"]) for t in targets]).cumsum(0), first, right=True))
+    if problems[0]:
+        raise ValueError(f"targets[{image}] has a box that is not finite: {boxes[first].tolist()}")
+    if problems[1]:
+        raise ValueError(f"targets[{image}] has a box without positive width and height: {boxes[first].tolist()} "
+                         "(boxes are xyxy with x2 > x1 and y2 > y1)")
+    raise ValueError(f"targets[{image}] has label {int(labels[first])}, outside [0, {num_classes}) "
+                     f"(labels must be in [0, {num_classes - 1}])")
 
 
 class GeneralizedRCNNTransform(nn.Module):

@@ -74,8 +74,7 @@ class CenterMask2(nn.Module):
         if self.training:
             if targets is None:
                 raise ValueError("targets are required in training mode")
-            check_images_and_targets(images, targets, need_masks=True)
-            self._check_target_values(images, targets)
+            check_images_and_targets(images, targets, need_masks=True, num_classes=self.num_classes)
         else:
             check_images_and_targets(images, None)
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
@@ -87,22 +86,6 @@ class CenterMask2(nn.Module):
             return losses
         detections = self._predict_masks(features, detections, image_list.image_sizes)
         return self._postprocess(detections, image_list.image_sizes, original_sizes)
-
-    def _check_target_values(self, images: list[Tensor], targets: list[dict]) -> None:
-        for i, (image, target) in enumerate(zip(images, targets)):
-            boxes, labels, masks = target["boxes"], target["labels"], target["masks"]
-            if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
-                raise ValueError(f"targets[{i}]['labels'] must be in [0, {self.num_classes - 1}] "
-                                 f"(CenterMask2 has no background class), got {labels.tolist()}")
-            if not torch.isfinite(boxes).all():
-                raise ValueError(f"targets[{i}]['boxes'] must be finite")
-            degenerate = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
-            if degenerate.any():
-                raise ValueError(f"targets[{i}]['boxes'] must have positive width and height, got "
-                                 f"{boxes[degenerate].tolist()}")
-            if masks.shape[-2:] != image.shape[-2:]:
-                raise ValueError(f"targets[{i}]['masks'] must match the image's size {tuple(image.shape[-2:])}, "
-                                 f"got {tuple(masks.shape[-2:])}")
 
     def _sample_foreground(self, detections: list[dict], targets: list[dict]):
         """Per image, the proposals (detections and ground-truth boxes) sampled as foreground, with their

@@ -53,8 +53,8 @@ class GeneralizedRCNN(nn.Module):
         if self.training:
             if targets is None:
                 raise ValueError("targets are required in training mode")
-            check_images_and_targets(images, targets, need_masks=self.roi_heads.has_mask)
-            self._check_targets(images, targets)
+            check_images_and_targets(images, targets, need_masks=self.roi_heads.has_mask,
+                                     num_classes=self.num_classes)
         else:
             check_images_and_targets(images, None)
             targets = None
@@ -100,28 +100,6 @@ class GeneralizedRCNN(nn.Module):
                     setattr(module, conv_name, conv_with_weights(conv, *fold_batchnorm(conv, bn)))
                     setattr(module, bn_name, nn.Identity())
         return self
-
-    def _check_targets(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> None:
-        for i, (image, t) in enumerate(zip(images, targets)):
-            if "masks" in t and t["masks"].shape[-2:] != image.shape[-2:]:
-                raise ValueError(f"targets[{i}]['masks'] must have the image's size {tuple(image.shape[-2:])}, "
-                                 f"got {tuple(t['masks'].shape[-2:])}")
-        boxes = torch.cat([t["boxes"] for t in targets])
-        labels = torch.cat([t["labels"] for t in targets])
-        bad_box = ~(boxes[:, 2:] > boxes[:, :2]).all(dim=1)  # also catches NaN
-        bad_label = (labels < 0) | (labels >= self.num_classes)
-        any_bad_box, any_bad_label = torch.stack([bad_box.any(), bad_label.any()]).tolist()  # one read-back
-        if not (any_bad_box or any_bad_label):
-            return
-        image_of = torch.repeat_interleave(torch.arange(len(targets)), torch.tensor([len(t["boxes"]) for t in targets]))
-        first = int(torch.nonzero(bad_box if any_bad_box else bad_label)[0])
-        where = f"targets[{int(image_of[first])}]"
-        if any_bad_box:
-            raise ValueError(f"{where} has a box without positive width and height: {boxes[first].tolist()} "
-                             "(boxes are xyxy with x2 > x1 and y2 > y1)")
-        raise ValueError(f"{where} has label {int(labels[first])}, outside [0, {self.num_classes})")
-
-
 
 
 _TORCHVISION_DEFAULTS: dict[str, Any] = {

@@ -138,17 +138,8 @@ def letterbox(images: Sequence[Tensor], img_size: int, *, auto: bool = True, str
 def _check_inputs(images, targets, num_classes: int, training: bool) -> None:
     if training and targets is None:
         raise ValueError("targets are required in training mode")
-    check_images_and_targets(images, targets)
-    for i, img in enumerate(images):
-        if 0 in img.shape:
-            raise ValueError(f"images[{i}] is empty: shape {tuple(img.shape)}")
-    for i, t in enumerate(targets or ()):
-        labels = t["labels"]
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-            raise ValueError(f"targets[{i}]['labels'] must be in [0, {num_classes - 1}], got values in "
-                             f"[{int(labels.min())}, {int(labels.max())}]")
-        if not torch.isfinite(t["boxes"]).all():
-            raise ValueError(f"targets[{i}]['boxes'] must be finite")
+    # YOLOv7 trains on boxes of any size (augmentation can leave zero-width ones), as the official code
+    check_images_and_targets(images, targets, num_classes=num_classes, positive_boxes=False)
 
 
 class YOLOv7(nn.Module):

@@ -75,3 +75,22 @@ def test_register_refuses_duplicates_and_missing_specs():
     with pytest.raises(TypeError, match="must be a ModelSpec"):
         models.register("a_new_model", models.yolov7, {"has_masks": False})
     assert "a_new_model" not in models.available()
+
+
+@pytest.mark.parametrize("name", ["faster_rcnn_resnet18_fpn", "mask_rcnn_resnet18_fpn", "yolov7_tiny_320",
+                                  "centermask2_lite_vovnet19_slim"])
+def test_bad_inputs_are_one_clear_error_in_every_family(name):
+    spec = models.spec(name)
+    model = _build(name, spec)
+    with pytest.raises(ValueError, match=r"images\[0\] is empty"):
+        model.eval()([torch.rand(3, 0, 5)])
+    images, targets = _batch(spec)
+    targets[1]["boxes"] = targets[1]["boxes"].clone()
+    targets[1]["boxes"][0, 2] = float("inf")
+    with pytest.raises(ValueError, match=r"targets\[1\] has a box that is not finite"):
+        model.train()(images, targets)
+    targets[1]["boxes"][0, 2] = 1e4
+    targets[1]["labels"] = targets[1]["labels"].clone()
+    targets[1]["labels"][0] = NUM_DATASET_CLASSES + spec.label_offset
+    with pytest.raises(ValueError, match=rf"targets\[1\] has label {NUM_DATASET_CLASSES + spec.label_offset}"):
+        model.train()(images, targets)
