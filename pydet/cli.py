@@ -260,7 +260,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .data.video import InputError
+    from .errors import InputError
 
     try:
         if getattr(args, "model", None):

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.video import InputError, _require_file
+from ..errors import InputError, require_file
 
 FORMAT = "pydet-checkpoint-1"
 
@@ -108,7 +108,7 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, optimizer: tor
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     from safetensors import SafetensorError, safe_open
 
-    path = _require_file(path)
+    path = require_file(path)
     tensors: dict[str, dict[str, torch.Tensor]] = {}
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -147,7 +147,7 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     """
     from ..convert._normalization import load_numpy_pickle
 
-    path = _require_file(path)
+    path = require_file(path)
     if path.suffix == ".safetensors":
         checkpoint = load_checkpoint(path)
         return checkpoint.section("ema") or checkpoint.section("model"), checkpoint.meta

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .. import models
+from ..errors import InputError
 
 class LabelMap:
     """Dataset label ``i`` (``0..K-1``) is model label ``model_labels[i]`` and category ``categories[i]``.
@@ -70,8 +71,6 @@ def default_label_map(name: str, num_classes: int) -> LabelMap:
 def _recognised_converter(name: str, weights, state: dict):
     """The converter of ``name``'s spec that recognises ``state`` by its keys (None if none does). A checkpoint
     that only other models' converters recognise is an error naming those models."""
-    from ..data.video import InputError
-
     for converter in models.spec(name).converters:
         if converter.recognise is not None and converter.recognise(state):
             return converter
@@ -87,8 +86,6 @@ def _recognised_converter(name: str, weights, state: dict):
 def _convert(name: str, weights, state: dict, recognised) -> dict:
     """``state`` in ``name``'s layout: through the recognised converter, else through the first of the spec's
     other converters that takes it; unchanged when none does."""
-    from ..data.video import InputError
-
     if recognised is not None:
         try:
             return recognised.convert(state)
@@ -112,7 +109,6 @@ def build_model(name: str, weights: str | None = None, **overrides):
     ``style="detectron2"`` and class count); the others (torchvision R-CNN, official YOLOv7) are tried in
     turn. Without weights the model is randomly initialised.
     """
-    from ..data.video import InputError
     from .checkpoint import read_weights
 
     name = models.canonical_name(name)
@@ -148,8 +144,6 @@ def _build_and_load(name: str, weights, state: dict, meta: dict, overrides: dict
 def load_fitting_weights(model: torch.nn.Module, state: dict, what: str) -> None:
     """``load_state_dict(strict=True)`` with one-line errors (``InputError`` starting with ``what``): the
     missing and unexpected keys, or the first key whose shape differs, with both shapes."""
-    from ..data.video import InputError
-
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:

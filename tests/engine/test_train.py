@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pydet.data import SyntheticShapes
-from pydet.data.video import InputError
+from pydet.errors import InputError
 from pydet.engine import load_checkpoint, read_weights, train
 from pydet.engine.train import Schedule
 

@@ -9,7 +9,7 @@ import torch
 
 import pydet.convert
 from pydet.convert import from_detectron2
-from pydet.data.video import InputError
+from pydet.errors import InputError
 from pydet.engine.checkpoint import read_weights
 from pydet.engine.model_info import build_model
 from pydet.models import build
