@@ -63,10 +63,9 @@ class GeneralizedRCNN(nn.Module):
         images_tensor = batch.tensors
         if not self.training:
             # Inference runs the backbone, FPN and RPN head (the layout propagates through them) on
-            # channels-last (NHWC) tensors, the layout oneDNN's CPU kernels compute in natively; on
-            # NCHW each convolution reorders its input and output, which cost about a fifth of the
-            # eval forward of the R-50-FPN models on CPU. cuDNN has native NHWC kernels too, and
-            # pydet's RoIAlign reads either layout. Training keeps the default layout.
+            # channels-last (NHWC) tensors, the layout oneDNN's CPU kernels compute in natively: on NCHW
+            # each convolution would reorder its input and output. cuDNN has native NHWC kernels too,
+            # and pydet's RoIAlign reads either layout. Training keeps the default layout.
             images_tensor = images_tensor.contiguous(memory_format=torch.channels_last)
         features = self.backbone(images_tensor)
         proposals, rpn_losses = self.rpn(batch, features, targets)
@@ -136,9 +135,9 @@ _DETECTRON2_STYLE: dict[str, Any] = {
 }
 STYLES = {"torchvision": {}, "detectron2": _DETECTRON2_STYLE}
 
-# Small presets train from scratch: every backbone stage trains (with trainable BatchNorm: frozen identity
-# statistics leave a from-scratch backbone unnormalised, which cost half the demo's mAP), and fewer
-# proposals and RoIs keep a CPU step short.
+# Small presets train from scratch: every backbone stage trains, with trainable BatchNorm (frozen identity
+# statistics would leave a from-scratch backbone unnormalised), and fewer proposals and RoIs keep a CPU
+# step short.
 _SMALL_DEFAULTS: dict[str, Any] = {
     **_TORCHVISION_DEFAULTS, "min_size": 320, "max_size": 533, "trainable_backbone_layers": 5,
     "rpn_pre_nms_top_n_train": 1000, "rpn_post_nms_top_n_train": 1000,
