@@ -211,16 +211,16 @@ def test_fcos_postprocess_decodes_points_scores_and_classes():
     # a class below the 0.05 threshold is dropped even with a high centerness
     logits[0, 40, 1] = -3.5
     centerness[0, 40] = 10.0
-    # a P4 detection of another class, clipped to the 64x64 image
+    # a P4 detection of another class reaching past the 64x64 feature extent: not clipped
     logits[0, 64 + 15, 0] = 0.0
     boxes[0, 64 + 15] = torch.tensor([1.0, 1.0, 1.0, 1.0])
-    (det,) = fcos.postprocess(logits, boxes, centerness, points, strides, level_sizes, [(64, 64)], 10, 5)
+    (det,) = fcos.postprocess(logits, boxes, centerness, points, strides, level_sizes, 10, 5)
     assert det["labels"].tolist() == [2, 0]
     torch.testing.assert_close(det["scores"], torch.tensor([math.sqrt(torch.sigmoid(torch.tensor(2.0)).item() * 0.5),
                                                             math.sqrt(0.5 * 0.5)]))
-    torch.testing.assert_close(det["boxes"], torch.tensor([[20.0, 12.0, 44.0, 44.0], [40.0, 40.0, 64.0, 64.0]]))
+    torch.testing.assert_close(det["boxes"], torch.tensor([[20.0, 12.0, 44.0, 44.0], [40.0, 40.0, 72.0, 72.0]]))
     (empty,) = fcos.postprocess(torch.full_like(logits, -10.0), boxes, centerness, points, strides, level_sizes,
-                                [(64, 64)], 10, 5)
+                                10, 5)
     assert empty["boxes"].shape == (0, 4) and empty["labels"].dtype == torch.int64
 
 
@@ -328,7 +328,10 @@ def test_mask_score_is_detection_score_times_predicted_mask_iou():
         with torch.no_grad():
             outputs.append(model([image])[0])
     torch.testing.assert_close(outputs[1]["boxes"], outputs[0]["boxes"])
-    torch.testing.assert_close(outputs[1]["scores"], 0.25 * outputs[0]["scores"])
+    # scores stay the FCOS box scores; mask_scores carry the predicted IoU
+    torch.testing.assert_close(outputs[1]["scores"], outputs[0]["scores"])
+    torch.testing.assert_close(outputs[0]["mask_scores"], outputs[0]["scores"])
+    torch.testing.assert_close(outputs[1]["mask_scores"], 0.25 * outputs[0]["scores"])
     assert (outputs[0]["scores"][:-1] >= outputs[0]["scores"][1:]).all()
 
 
