@@ -1,3 +1,4 @@
 """Weight conversion from other implementations' state dicts into pydet's layouts."""
-from .torchvision import from_torchvision
+from .centermask2 import from_centermask2  # noqa: F401
+from .torchvision import from_torchvision  # noqa: F401
 from .yolov7 import from_yolov7  # noqa: F401
