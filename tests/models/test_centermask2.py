@@ -398,3 +398,30 @@ def test_registry_and_overrides():
     assert model.fcos.nms_thresh == 0.5 and model.fcos.post_nms_top_n["testing"] == 20
     assert model.fcos.pre_nms_top_n["testing"] == 300
     assert model.fcos.head.cls_logits.out_channels == 3 and model.mask_head.predictor.out_channels == 3
+
+
+def test_boxes_stay_unclipped_until_the_end():
+    """As the official code: NMS and the mask pooler see the decoded boxes whole; only the output is clipped."""
+    model = _lite_model(box_score_thresh=0.0, box_detections_per_img=20).eval()
+    nn.init.constant_(model.fcos.head.bbox_pred.bias, 3.0)  # every box reaches 3 strides from its point
+    pooled, iou = [], []
+    model.mask_pooler.register_forward_pre_hook(lambda module, args: pooled.append(torch.cat(args[1])))
+    model.maskiou_head.register_forward_hook(lambda module, args, output: iou.append(output))
+    with torch.no_grad():
+        (out,) = model([_scene(0)[0]])
+    (boxes,) = pooled
+    assert ((boxes[:, :2] < 0) | (boxes[:, 2:] > SIZE)).any(), "some detections should cross the border"
+    torch.testing.assert_close(out["boxes"], ops.clip_boxes_to_image(boxes, (SIZE, SIZE)))
+    # mask_scores: the box score times the MaskIoU prediction of the detection's own class
+    (predicted,) = iou
+    torch.testing.assert_close(out["mask_scores"], out["scores"] * predicted[torch.arange(len(boxes)), out["labels"]])
+
+
+def test_resnet_backbone_takes_stride_in_1x1():
+    with torch.device("meta"):
+        msra = centermask2("resnet50", stride_in_1x1=True)
+        default = centermask2("resnet50")
+    assert msra.backbone.body.layer2[0].conv1.stride == (2, 2) and msra.backbone.body.layer2[0].conv2.stride == (1, 1)
+    assert default.backbone.body.layer2[0].conv1.stride == (1, 1)
+    with pytest.raises(ValueError, match="stride_in_1x1"):
+        centermask2("vovnet39", stride_in_1x1=True)
