@@ -39,6 +39,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # ---- official side (runs in the official environment; imports neither pydet nor this repo) ----------
 
+def _record(modules: dict, convert: dict) -> dict:
+    """Forward hooks keeping each module's output (through ``convert[name]`` where given) under its name."""
+    stages = {}
+    for name, module in modules.items():
+        def hook(module, inputs, output, name=name):
+            stages[name] = convert[name](output) if name in convert else output
+        module.register_forward_hook(hook)
+    return stages
+
+
 def _synthetic_image(height: int, width: int, seed: int):
     """uint8 BGR image: smooth colour gradients with filled ellipses and rectangles."""
     import numpy as np
@@ -85,11 +95,12 @@ def _randomise(model, image, generator) -> None:
         normal(head.cls_logits.weight, 0.03)
         head.cls_logits.bias.fill_(-4.0)  # ~10% of (point, class) pairs above the 0.05 threshold
         normal(head.bbox_pred.weight, 0.01)
-        uniform(head.bbox_pred.bias, 1.0, 3.0)  # boxes of 2-6 strides: many cross the border
+        uniform(head.bbox_pred.bias, 2.0, 6.0)  # boxes of 4-12 strides: many cross the border
         normal(head.ctrness.weight, 0.03)
         for scale in head.scales:
             uniform(scale.scale, 0.7, 1.3)
         normal(model.roi_heads.mask_head.predictor.weight, 0.05)
+        uniform(model.roi_heads.mask_head.predictor.bias, -1.0, 2.0)  # masks neither empty nor full
         normal(model.roi_heads.maskiou_head.maskiou.weight, 0.01)
         uniform(model.roi_heads.maskiou_head.maskiou.bias, 0.3, 0.9)
 
@@ -121,22 +132,13 @@ def _official_run(config_file: str, height: int, width: int, centermask2_dir: st
     image = {"image": torch.as_tensor(bgr.transpose(2, 0, 1).copy()).float(), "height": height, "width": width}
     _randomise(model, image, torch.Generator().manual_seed(0))
 
-    stages = {}
-
-    def keep(name):
-        def hook(module, inputs, output):
-            stages[name] = output
-        return hook
-
-    model.backbone.register_forward_hook(keep("features"))
-    model.proposal_generator.fcos_head.register_forward_hook(keep("head"))
-    # copied when produced: detector_postprocess later clips these boxes in place
-    model.proposal_generator.register_forward_hook(
-        lambda module, inputs, output: stages.__setitem__("proposals", {
-            "boxes": output[0][0].pred_boxes.tensor.clone(), "scores": output[0][0].scores.clone(),
-            "labels": output[0][0].pred_classes.clone()}))
-    model.roi_heads.mask_head.register_forward_hook(keep("mask_logits"))
-    model.roi_heads.maskiou_head.register_forward_hook(keep("maskiou"))
+    # the proposals are copied when produced: detector_postprocess later clips their boxes in place
+    stages = _record({"features": model.backbone, "head": model.proposal_generator.fcos_head,
+                      "proposals": model.proposal_generator, "mask_logits": model.roi_heads.mask_head,
+                      "maskiou": model.roi_heads.maskiou_head},
+                     {"proposals": lambda output: {"boxes": output[0][0].pred_boxes.tensor.clone(),
+                                                   "scores": output[0][0].scores.clone(),
+                                                   "labels": output[0][0].pred_classes.clone()}})
     with torch.no_grad():
         (result,) = model([image])
     instances = result["instances"]
@@ -164,19 +166,9 @@ def _pydet_run(saved: dict, backbone: str, lite: bool) -> dict:
 
     model = centermask2(backbone, lite=lite, stride_in_1x1=backbone == "resnet50").eval()
     model.load_state_dict(from_centermask2({"model": saved["weights"]}), strict=True)
-    stages = {}
-
-    def keep(name):
-        def hook(module, inputs, output):
-            stages[name] = output
-        return hook
-
-    model.backbone.register_forward_hook(keep("features"))
-    model.fcos.head.register_forward_hook(keep("head"))
-    model.fcos.register_forward_hook(
-        lambda module, inputs, output: stages.__setitem__("proposals", [dict(d) for d in output[0]]))
-    model.mask_head.register_forward_hook(keep("mask_logits"))
-    model.maskiou_head.register_forward_hook(keep("maskiou"))
+    stages = _record({"features": model.backbone, "head": model.fcos.head, "proposals": model.fcos,
+                      "mask_logits": model.mask_head, "maskiou": model.maskiou_head},
+                     {"proposals": lambda output: [dict(d) for d in output[0]]})
     rgb = saved["image_bgr"].flip(-1).permute(2, 0, 1).float() / 255
     with torch.no_grad():
         (final,) = model([rgb])

@@ -76,14 +76,11 @@ _RULES: list[_Rule] = [
           lambda m: f"fcos.head.{m[1]}.{m[2]}"),
     _rule(r"^proposal_generator\.fcos_head\.ctrness\.(weight|bias)$", lambda m: f"fcos.head.centerness.{m[1]}"),
     _rule(r"^proposal_generator\.fcos_head\.scales\.(\d)\.scale$", lambda m: f"fcos.head.scales.{m[1]}.scale"),
-    # SAG-Mask head: mask_fcn{k} are every other module of pydet's conv/ReLU Sequential
-    _rule(r"^roi_heads\.mask_head\.mask_fcn(\d)\.(weight|bias)$",
-          lambda m: f"mask_head.convs.{2 * (int(m[1]) - 1)}.{m[2]}"),
+    # SAG-Mask and MaskIoU heads: {mask,maskiou}_fcn{k} are every other module of pydet's conv/ReLU Sequential
+    _rule(r"^roi_heads\.(mask|maskiou)_head\.\1_fcn(\d)\.(weight|bias)$",
+          lambda m: f"{m[1]}_head.convs.{2 * (int(m[2]) - 1)}.{m[3]}"),
     _rule(r"^roi_heads\.mask_head\.spatialAtt\.conv\.weight$", lambda m: "mask_head.spatial_attention.conv.weight"),
     _rule(r"^roi_heads\.mask_head\.(deconv|predictor)\.(weight|bias)$", lambda m: f"mask_head.{m[1]}.{m[2]}"),
-    # MaskIoU head
-    _rule(r"^roi_heads\.maskiou_head\.maskiou_fcn(\d)\.(weight|bias)$",
-          lambda m: f"maskiou_head.convs.{2 * (int(m[1]) - 1)}.{m[2]}"),
     _rule(r"^roi_heads\.maskiou_head\.maskiou_(fc1|fc2)\.(weight|bias)$", lambda m: f"maskiou_head.{m[1]}.{m[2]}"),
     _rule(r"^roi_heads\.maskiou_head\.maskiou\.(weight|bias)$", lambda m: f"maskiou_head.predictor.{m[1]}"),
 ]
