@@ -9,7 +9,6 @@ boxes, matched at IoU 0.5 and subsampled (foreground only); at inference it runs
 """
 from __future__ import annotations
 
-from functools import partial
 from typing import Sequence
 
 import torch
@@ -27,7 +26,7 @@ from ..modeling.matcher import BalancedPositiveNegativeSampler, Matcher
 from ..modeling.sag_mask import (MaskIoUHead, SAGMaskHead, mask_area_inside_box, mask_targets, maskiou_loss,
                                  maskiou_targets)
 from ..modeling.transform import GeneralizedRCNNTransform, check_images_and_targets
-from . import register
+from .registry import ModelSpec
 
 LEVELS = ("p3", "p4", "p5", "p6", "p7")
 MASK_LEVELS = ("p3", "p4", "p5")
@@ -195,7 +194,6 @@ def _backbone(name: str, out_channels: int, norm: type[nn.Module], stride_in_1x1
     return BackboneWithFPN(body, fpn)
 
 
-@register("centermask2")
 def centermask2(backbone: str = "vovnet39", num_classes: int = 80, lite: bool = False, *,
                 backbone_norm: str = "frozen_bn", stride_in_1x1: bool = False, **overrides) -> CenterMask2:
     """CenterMask2 on ``backbone`` (``vovnet19/39/57/99`` = VoVNetV2-eSE, ``vovnet19_slim``, or ``resnet50``).
@@ -223,7 +221,5 @@ def centermask2(backbone: str = "vovnet39", num_classes: int = 80, lite: bool = 
                        **settings)
 
 
-for _name in BACKBONES:
-    register(f"centermask2_{_name}")(partial(centermask2, _name))
-for _name in ("vovnet19_slim", "vovnet19", "vovnet39"):
-    register(f"centermask2_lite_{_name}")(partial(centermask2, _name, lite=True))
+CENTERMASK2_SPEC = ModelSpec(has_masks=True, label_offset=0, num_classes=80)
+LITE_BACKBONES = ("vovnet19_slim", "vovnet19", "vovnet39")
