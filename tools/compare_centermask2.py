@@ -246,7 +246,8 @@ def write_markdown(results: dict, path: Path) -> None:
         final = r["final"]
         lines.append(
             f"| {name} | {r['image'][0]}x{r['image'][1]} | {rel(r['features']):.1e} | {rel(r['head']):.1e} "
-            f"| {r.get('mask_logits', {}).get('rel', float('nan')):.1e} | {r.get('maskiou', {}).get('rel', float('nan')):.1e} "
+            f"| {r.get('mask_logits', {}).get('rel', float('nan')):.1e} "
+            f"| {r.get('maskiou', {}).get('rel', float('nan')):.1e} "
             f"| {final['count_pydet']} / {final['count_official']} | {final['same_labels']} "
             f"| {final.get('boxes', {}).get('max_abs_diff', float('nan')):.1e} "
             f"| {final.get('scores', {}).get('max_abs_diff', float('nan')):.1e} "

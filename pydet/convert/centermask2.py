@@ -177,8 +177,8 @@ def _architecture(converted: Mapping[str, Tensor]) -> tuple[str, bool, int]:
     if FIRST_CONVS[1] in keys:
         return "resnet50", lite, num_classes
     if FIRST_CONVS[0] not in keys:
-        raise ValueError(f"missing key: neither {FIRST_CONVS[0]!r} (VoVNet) nor {FIRST_CONVS[1]!r} (ResNet) "
-                         "(official names backbone.bottom_up.stem.stem_1/conv.weight, backbone.bottom_up.stem.conv1.weight)")
+        raise ValueError("missing key: neither backbone.bottom_up.stem.stem_1/conv.weight (VoVNet) nor "
+                         "backbone.bottom_up.stem.conv1.weight (ResNet)")
     blocks = tuple(_count(keys, rf"^backbone\.body\.stage{s}\.osa(\d+)\.") for s in (2, 3, 4, 5))
     layers = _count(keys, r"^backbone\.body\.stage2\.osa1\.layers\.(\d+)\.")
     depth = _VOVNET_DEPTHS.get((blocks, layers))

@@ -3,8 +3,9 @@
 Backbone (VoVNetV2 or ResNet-50) -> FPN on stages 3-5 with P6/P7 from P5 -> FCOS detections ->
 RoIAlign 14x14 on P3-P5 with CenterMask's scale-adaptive level rule -> SAG-Mask 28x28 masks ->
 MaskIoU re-scoring. As in the official code, the FCOS boxes stay unclipped through NMS and the mask
-branch; the final boxes are clipped to the image (empty ones dropped) and the masks pasted into them. In training the mask branch learns from FCOS's detections plus the ground-truth
-boxes, matched at IoU 0.5 and subsampled (foreground only); at inference it runs on the detections.
+branch; the final boxes are clipped to the image (empty ones dropped) and the masks pasted into them.
+In training the mask branch learns from FCOS's detections plus the ground-truth boxes, matched at
+IoU 0.5 and subsampled (foreground only); at inference it runs on the detections.
 ``lite=True`` is CenterMask-Lite: 128-channel FPN and heads, 2-conv towers, 600 px images.
 """
 from __future__ import annotations

@@ -66,7 +66,8 @@ def _meta_model(backbone: str, lite: bool):
 
 def _official_state(backbone: str, lite: bool) -> dict:
     """An official-layout state dict for this config; values are zero-stride views (no memory)."""
-    return {_official_name(k): torch.zeros(()).expand(v.shape) for k, v in _meta_model(backbone, lite).state_dict().items()}
+    state = _meta_model(backbone, lite).state_dict()
+    return {_official_name(k): torch.zeros(()).expand(v.shape) for k, v in state.items()}
 
 
 @pytest.mark.parametrize("backbone, lite", CONFIGS)
