@@ -136,18 +136,16 @@ def _check_stored_normalisation(stored: dict[str, Tensor], pixel_mean, pixel_std
                                  f"pass the checkpoint's values")
 
 
-def fold_input_normalisation(weight: Tensor, pixel_mean: Sequence[float], pixel_std: Sequence[float],
-                             input_format: str) -> Tensor:
-    """The first conv's ``weight [O, 3, kh, kw]`` for detectron2's input convention turned into the one for
-    pydet's (see the module docstring); computed in float64, returned in ``weight``'s dtype."""
+def input_channel_scales(pixel_mean: Sequence[float], pixel_std: Sequence[float],
+                         input_format: str) -> list[tuple[int, float]]:
+    """For each of detectron2's input channels ``k``: the RGB channel it holds and the factor
+    ``255 * s / pixel_std[k]`` that takes pydet's normalised input to detectron2's (see the module docstring).
+    ValueError when the arguments are malformed or ``pixel_mean`` cannot be folded exactly."""
     if input_format not in INPUT_FORMATS:
         raise ValueError(f"input_format must be one of {INPUT_FORMATS}, got {input_format!r}")
-    if weight.dim() != 4 or weight.shape[1] != 3:
-        raise ValueError(f"the first conv's weight must be [O, 3, kh, kw], got {tuple(weight.shape)}")
     mean, std = _triple(pixel_mean, "pixel_mean"), _triple(pixel_std, "pixel_std")
     if min(std) <= 0:
         raise ValueError(f"pixel_std must be positive, got {pixel_std!r}")
-    # rgb[k]: the RGB channel that detectron2's channel k holds
     rgb = (2, 1, 0) if input_format == "BGR" else (0, 1, 2)
     expected = tuple(255.0 * IMAGENET_MEAN[c] for c in rgb)
     if max(abs(a - b) for a, b in zip(mean, expected)) > _MEAN_TOLERANCE:
@@ -155,9 +153,19 @@ def fold_input_normalisation(weight: Tensor, pixel_mean: Sequence[float], pixel_
             f"pixel_mean={tuple(pixel_mean)} cannot be folded exactly: pydet subtracts 255 x ImageNet mean = "
             f"{tuple(round(v, 3) for v in expected)} ({input_format} order) before zero padding, and a different "
             "mean is a constant shift that the first conv's zero padding and the batch padding do not preserve")
+    return [(c, 255.0 * IMAGENET_STD[c] / std[k]) for k, c in enumerate(rgb)]
+
+
+def fold_input_normalisation(weight: Tensor, pixel_mean: Sequence[float], pixel_std: Sequence[float],
+                             input_format: str) -> Tensor:
+    """The first conv's ``weight [O, 3, kh, kw]`` for detectron2's input convention turned into the one for
+    pydet's (see the module docstring); computed in float64, returned in ``weight``'s dtype."""
+    scales = input_channel_scales(pixel_mean, pixel_std, input_format)
+    if weight.dim() != 4 or weight.shape[1] != 3:
+        raise ValueError(f"the first conv's weight must be [O, 3, kh, kw], got {tuple(weight.shape)}")
     folded = torch.empty_like(weight, dtype=torch.float64)
-    for k, c in enumerate(rgb):
-        folded[:, c] = weight[:, k].double() * (255.0 * IMAGENET_STD[c] / std[k])
+    for k, (c, scale) in enumerate(scales):
+        folded[:, c] = weight[:, k].double() * scale
     return folded.to(weight.dtype)
 
 
@@ -218,6 +226,7 @@ def from_centermask2(checkpoint: Any, *, pixel_mean: Sequence[float] = (103.53, 
     ``centermask2("vovnet19_slim" | "vovnet19" | "vovnet39" | "vovnet57" | "vovnet99", lite=...)`` or
     ``centermask2("resnet50", stride_in_1x1=True)``, and takes pydet's RGB [0, 1] images.
     """
+    input_channel_scales(pixel_mean, pixel_std, input_format)  # bad arguments fail before any work
     source = _state_dict(checkpoint)
     pixel_mean, pixel_std = _triple(pixel_mean, "pixel_mean"), _triple(pixel_std, "pixel_std")
     stored = {k: _as_tensor(k, source[k]) for k in _NORMALISATION_KEYS if k in source}
