@@ -271,7 +271,11 @@ def write_markdown(results: dict, path: Path) -> None:
               "paired by label and box (reordered: pairs ranked differently, between scores equal to float32 "
               "rounding); "
               f"{sum(r['pre_mask_detections']['official_boxes_crossing_the_border'] for r in results.values())} "
-              "pre-mask detections in all reach past the image border (pooled unclipped by both)."]
+              "pre-mask detections in all reach past the image border (pooled unclipped by both).", "",
+              "What differs is float32 rounding: the two sides run in different processes and torch builds, pydet's "
+              "first conv carries the input scale in its weights rather than in its input, and kernels sum in other "
+              "orders (it grows with depth, V-99 the most). A pasted mask pixel differs only where the probability "
+              "is within that rounding of the 0.5 threshold; near-equal scores can swap ranks."]
     path.write_text("\n".join(lines) + "\n")
 
 
