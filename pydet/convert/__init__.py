@@ -1,4 +1,5 @@
 """Weight conversion from other implementations' state dicts into pydet's layouts."""
+from .centermask2 import from_centermask2  # noqa: F401
 from .detectron2 import from_detectron2  # noqa: F401
-from .torchvision import from_torchvision
+from .torchvision import from_torchvision  # noqa: F401
 from .yolov7 import from_yolov7  # noqa: F401

@@ -11,17 +11,15 @@ So detectron2's class ``k`` is pydet's label ``k + 1``, and the softmax and mask
 """
 from __future__ import annotations
 
-import os
 import re
 from collections import OrderedDict
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from ..modeling.anchor_generator import unrounded_cell_anchors
-from ._normalization import fold_input_normalisation, load_numpy_pickle
+from ._normalization import as_tensor, fold_input_normalisation, read_checkpoint
 
 DETECTRON2_PIXEL_MEAN = (103.53, 116.28, 123.675)
 DETECTRON2_PIXEL_STD = (1.0, 1.0, 1.0)
@@ -52,34 +50,6 @@ _RENAMES = [
 ]
 _RENAMES = [(re.compile(pattern), replacement) for pattern, replacement in _RENAMES]
 _CELL_ANCHORS = re.compile(r"^proposal_generator\.anchor_generator\.cell_anchors\.(\d+)$")
-
-
-def read_checkpoint(checkpoint: Any) -> dict[str, Any]:
-    """The state dict inside ``checkpoint``: a path to a model-zoo ``.pkl`` (numpy arrays, read without
-    running pickle code) or a ``.pth`` (``torch.load(weights_only=True)``), or an already-loaded dict,
-    ``{"model": state_dict, ...}`` or the bare state dict."""
-    if isinstance(checkpoint, (str, os.PathLike)):
-        path = os.fspath(checkpoint)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no checkpoint file {path}")
-        if path.endswith(".pkl"):
-            checkpoint = load_numpy_pickle(path)
-        else:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, Mapping):
-        raise ValueError(f"expected a detectron2 checkpoint dict or a path to one, got {type(checkpoint).__name__}")
-    model = checkpoint.get("model")
-    return dict(model) if isinstance(model, Mapping) else dict(checkpoint)
-
-
-def _as_tensor(key: str, value: Any) -> Tensor:
-    if isinstance(value, np.ndarray):
-        if value.dtype.kind not in "fiub":
-            raise ValueError(f"value of {key!r} is a numpy array of {value.dtype}, not numbers")
-        return torch.from_numpy(np.ascontiguousarray(value))
-    if isinstance(value, Tensor):
-        return value
-    raise ValueError(f"value of {key!r} is a {type(value).__name__}, not an array")
 
 
 def _rename(key: str) -> str:
@@ -142,13 +112,13 @@ def from_detectron2(checkpoint: Any, *, pixel_mean: Sequence[float] | None = Non
     anchors: dict[int, Tensor] = {}
     for key, value in source.items():
         if key in ("pixel_mean", "pixel_std"):
-            stored = _as_tensor(key, value).flatten().tolist()
+            stored = as_tensor(key, value).flatten().tolist()
             pixel_mean = stored if key == "pixel_mean" and pixel_mean is None else pixel_mean
             pixel_std = stored if key == "pixel_std" and pixel_std is None else pixel_std
         elif match := _CELL_ANCHORS.match(key):
-            anchors[int(match[1])] = _as_tensor(key, value)
+            anchors[int(match[1])] = as_tensor(key, value)
         elif not key.endswith("num_batches_tracked"):
-            state[_rename(key)] = _as_tensor(key, value).float()
+            state[_rename(key)] = as_tensor(key, value).float()
     _check_cell_anchors(anchors)
     for required in ("backbone.body.conv1.weight", "roi_heads.box_predictor.cls_score.weight"):
         if required not in state:

@@ -62,6 +62,9 @@ def detections_to_coco(detection: dict, image_id: int, label_map: LabelMap, with
     if with_masks:
         for record, rle in zip(records, mask_rles(detection["masks"][keep], boxes, image_size)):
             record["segmentation"] = rle
+        if "mask_scores" in detection:  # CenterMask2: box score x predicted mask IoU, what mask AP ranks
+            for record, s in zip(records, detection["mask_scores"][keep].tolist()):
+                record["mask_score"] = round(float(s), 5)
     return records
 
 
@@ -83,6 +86,13 @@ def ground_truth_records(target: dict, image_id: int, image_size: tuple[int, int
     return {"id": int(image_id), "height": int(h), "width": int(w)}, anns
 
 
+def _ranked(record: dict, iou_type: str) -> dict:
+    """A copy of ``record`` scored for ``iou_type``: segm ranks by ``mask_score`` where there is one."""
+    if iou_type == "segm" and "mask_score" in record:
+        return dict(record, score=record["mask_score"])
+    return dict(record)
+
+
 def coco_evaluate(ground_truth, results: list[dict], iou_types: tuple[str, ...] = ("bbox",),
                   print_table: bool = True) -> dict[str, dict[str, float]]:
     """pycocotools' COCOeval for each of ``iou_types``; returns ``{iou_type: {"AP": ..., "AP50": ...}}``."""
@@ -93,7 +103,7 @@ def coco_evaluate(ground_truth, results: list[dict], iou_types: tuple[str, ...] 
     for iou_type in iou_types:
         with quiet:
             if results:
-                detections = ground_truth.loadRes([dict(r) for r in results])
+                detections = ground_truth.loadRes([_ranked(r, iou_type) for r in results])
             else:  # loadRes cannot take an empty list; nothing detected is a valid (zero) result
                 detections = coco_from_dict({"images": ground_truth.dataset["images"],
                                              "categories": ground_truth.dataset["categories"], "annotations": []})

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..ops.fcos_targets import DEFAULT_SIZE_RANGES
-from .batching import clip_boxes_per_image, keep_first_per_image
+from .batching import keep_first_per_image
 
 FPN_STRIDES = (8, 16, 32, 64, 128)
 
@@ -116,9 +116,10 @@ def giou_loss_ltrb(pred: Tensor, target: Tensor) -> Tensor:
 class FCOS(nn.Module):
     """FCOS head with its target assignment, losses and post-processing.
 
-    ``forward(features, image_sizes, targets=None)`` returns ``(detections, losses)``: one dict per
-    image with ``boxes`` (clipped to the image), ``scores`` and ``labels``, and in training the three
-    losses (the detections are then computed without gradients, as proposals for the mask branch).
+    ``forward(features, targets=None)`` returns ``(detections, losses)``: one dict per
+    image with ``boxes``, ``scores`` and ``labels``, and in training the three losses (the detections
+    are then computed without gradients, as proposals for the mask branch). The boxes are not clipped
+    to the image: as in CenterMask2, NMS and the mask branch see them whole and the model clips at the end.
     """
 
     def __init__(self, head: FCOSHead, *, strides: Sequence[int] = FPN_STRIDES,
@@ -142,7 +143,7 @@ class FCOS(nn.Module):
         self.pre_nms_top_n = {"training": pre_nms_top_n_train, "testing": pre_nms_top_n_test}
         self.post_nms_top_n = {"training": post_nms_top_n_train, "testing": post_nms_top_n_test}
 
-    def forward(self, features: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]],
+    def forward(self, features: Sequence[Tensor],
                 targets: list[dict] | None = None) -> tuple[list[dict], dict[str, Tensor]]:
         cls_logits, box_regression, centerness = self.head(features)
         feature_sizes = [tuple(f.shape[-2:]) for f in features]
@@ -155,7 +156,7 @@ class FCOS(nn.Module):
             losses = self.losses(cls_logits, box_regression, centerness, points, point_strides, size_ranges, targets)
         with torch.no_grad():
             detections = self.postprocess(cls_logits.detach(), box_regression.detach(), centerness.detach(),
-                                          points, point_strides, level_sizes, image_sizes,
+                                          points, point_strides, level_sizes,
                                           self.pre_nms_top_n[mode], self.post_nms_top_n[mode])
         return detections, losses
 
@@ -188,10 +189,10 @@ class FCOS(nn.Module):
         return {"loss_fcos_cls": loss_cls, "loss_fcos_loc": loss_loc, "loss_fcos_ctr": loss_ctr}
 
     def postprocess(self, cls_logits: Tensor, box_regression: Tensor, centerness: Tensor, points: Tensor,
-                    point_strides: Tensor, level_sizes: list[int], image_sizes: Sequence[tuple[int, int]],
-                    pre_nms_top_n: int, post_nms_top_n: int) -> list[dict]:
+                    point_strides: Tensor, level_sizes: list[int], pre_nms_top_n: int,
+                    post_nms_top_n: int) -> list[dict]:
         """Threshold the class probability, keep each level's ``pre_nms_top_n`` best (point, class) pairs by
-        class x centerness, decode, clip, then one class-aware NMS over all images and classes."""
+        class x centerness, decode (unclipped), then one class-aware NMS over all images and classes."""
         num_images, num_classes = cls_logits.shape[0], self.num_classes
         probs = cls_logits.sigmoid()
         candidates = probs > self.score_thresh
@@ -215,11 +216,7 @@ class FCOS(nn.Module):
         distances = box_regression[image_index, point_index] * point_strides[point_index, None]
         xy = points[point_index]
         boxes = torch.cat([xy - distances[:, :2], xy + distances[:, 2:]], dim=1)
-        sizes = torch.tensor(image_sizes, dtype=boxes.dtype, device=boxes.device)  # (h, w) per image
-        boxes = clip_boxes_per_image(boxes, sizes[image_index])
-        non_empty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        boxes, scores = boxes[non_empty], scores[non_empty].sqrt()
-        classes, image_index = classes[non_empty], image_index[non_empty]
+        scores = scores.sqrt()
 
         keep = ops.batched_nms(boxes, scores, image_index * num_classes + classes, self.nms_thresh)
         keep, counts = keep_first_per_image(keep, image_index[keep], post_nms_top_n, num_images)

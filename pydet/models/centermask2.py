@@ -2,8 +2,10 @@
 
 Backbone (VoVNetV2 or ResNet-50) -> FPN on stages 3-5 with P6/P7 from P5 -> FCOS detections ->
 RoIAlign 14x14 on P3-P5 with CenterMask's scale-adaptive level rule -> SAG-Mask 28x28 masks ->
-MaskIoU re-scoring. In training the mask branch learns from FCOS's detections plus the ground-truth
-boxes, matched at IoU 0.5 and subsampled (foreground only); at inference it runs on the detections.
+MaskIoU re-scoring. As in the official code, the FCOS boxes stay unclipped through NMS and the mask
+branch; the final boxes are clipped to the image (empty ones dropped) and the masks pasted into them.
+In training the mask branch learns from FCOS's detections plus the ground-truth boxes, matched at
+IoU 0.5 and subsampled (foreground only); at inference it runs on the detections.
 ``lite=True`` is CenterMask-Lite: 128-channel FPN and heads, 2-conv towers, 600 px images.
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
+from ..convert.centermask2 import from_centermask2
 from ..modeling import LastLevelP6P7, MultiScaleRoIAlign
 from ..modeling.backbones.resnet import BackboneWithFPN, ResNet
 from ..modeling.backbones.vovnet import VoVNet
@@ -25,7 +28,7 @@ from ..modeling.matcher import BalancedPositiveNegativeSampler, Matcher
 from ..modeling.sag_mask import (MaskIoUHead, SAGMaskHead, mask_area_inside_box, mask_targets, maskiou_loss,
                                  maskiou_targets)
 from ..modeling.transform import GeneralizedRCNNTransform, check_images_and_targets
-from .registry import ModelSpec
+from .registry import Converter, ModelSpec
 
 LEVELS = ("p3", "p4", "p5", "p6", "p7")
 MASK_LEVELS = ("p3", "p4", "p5")
@@ -80,7 +83,7 @@ class CenterMask2(nn.Module):
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         image_list, targets = self.transform(images, targets)
         features = dict(zip(LEVELS, self.backbone(image_list.tensors).values()))
-        detections, losses = self.fcos([features[name] for name in LEVELS], image_list.image_sizes, targets)
+        detections, losses = self.fcos([features[name] for name in LEVELS], targets)
         if self.training:
             losses.update(self._mask_losses(features, detections, targets, image_list.image_sizes))
             return losses
@@ -144,20 +147,29 @@ class CenterMask2(nn.Module):
         counts = [len(b) for b in boxes]
         for det, probs, iou in zip(detections, mask_probs.split(counts), predicted_iou.split(counts)):
             det["masks"] = probs
-            det["scores"] = det["scores"] * iou
+            # Box AP ranks by the FCOS score, mask AP by the score times the predicted mask IoU.
+            det["mask_scores"] = det["scores"] * iou
         return detections
 
     def _postprocess(self, detections: list[dict], image_sizes: list[tuple[int, int]],
                      original_sizes: list[tuple[int, int]]) -> list[dict]:
+        """Boxes back to the input image, clipped to it (boxes left empty are dropped), masks pasted into
+        the clipped boxes: detectron2's ``detector_postprocess``."""
         detections = self.transform.postprocess(detections, image_sizes, original_sizes)
-        for det, (height, width) in zip(detections, original_sizes):
-            det["masks"] = ops.paste_masks(det["masks"][:, 0], det["boxes"], (height, width), threshold=None)[:, None]
-        return detections
+        results = []
+        for det, size in zip(detections, original_sizes):
+            boxes = ops.clip_boxes_to_image(det["boxes"], size)
+            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            det = {key: value[keep] for key, value in det.items()}
+            det["boxes"] = boxes[keep]
+            det["masks"] = ops.paste_masks(det["masks"][:, 0], det["boxes"], size, threshold=None)[:, None]
+            results.append(det)
+        return results
 
 
-def _backbone(name: str, out_channels: int, norm: type[nn.Module]) -> BackboneWithFPN:
+def _backbone(name: str, out_channels: int, norm: type[nn.Module], stride_in_1x1: bool) -> BackboneWithFPN:
     if name == "resnet50":
-        body = ResNet(50, norm_layer=norm, returned_layers=(2, 3, 4))
+        body = ResNet(50, norm_layer=norm, returned_layers=(2, 3, 4), stride_in_1x1=stride_in_1x1)
         body.freeze(3)  # detectron2's FREEZE_AT=2: the stem and res2 stay at their pretrained values
     else:
         depth, _, variant = name[len("vovnet"):].partition("_")
@@ -168,7 +180,7 @@ def _backbone(name: str, out_channels: int, norm: type[nn.Module]) -> BackboneWi
 
 
 def centermask2(backbone: str = "vovnet39", num_classes: int = 80, lite: bool = False, *,
-                backbone_norm: str = "frozen_bn", **overrides) -> CenterMask2:
+                backbone_norm: str = "frozen_bn", stride_in_1x1: bool = False, **overrides) -> CenterMask2:
     """CenterMask2 on ``backbone`` (``vovnet19/39/57/99`` = VoVNetV2-eSE, ``vovnet19_slim``, or ``resnet50``).
 
     ``lite=True`` gives CenterMask-Lite: FPN and heads at 128 channels, 2-conv FCOS towers, mask and
@@ -176,9 +188,13 @@ def centermask2(backbone: str = "vovnet39", num_classes: int = 80, lite: bool = 
     :class:`CenterMask2` keyword arguments (``min_size``, ``max_size``, ``box_score_thresh``,
     ``box_nms_thresh``, ``box_detections_per_img``, ``pre_nms_top_n_test``, ...). ``backbone_norm``:
     ``"frozen_bn"`` (the official configs, for pretrained backbones) or ``"bn"`` (training from scratch).
+    ``stride_in_1x1=True`` (ResNet only) puts each bottleneck's stride in its 1x1 conv, the layout of
+    detectron2's MSRA weights and hence of the official R-50 CenterMask2 checkpoints.
     """
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
+    if stride_in_1x1 and backbone != "resnet50":
+        raise ValueError(f"stride_in_1x1 applies to the resnet50 backbone only, got backbone={backbone!r}")
     if lite:
         settings = dict(min_size=(580, 600), max_size=1000, head_convs=2, mask_convs=2, maskiou_convs=2,
                         mask_channels=128)
@@ -186,8 +202,20 @@ def centermask2(backbone: str = "vovnet39", num_classes: int = 80, lite: bool = 
     else:
         settings, channels = {}, 256
     settings.update(overrides)
-    return CenterMask2(_backbone(backbone, channels, norm_layer(backbone_norm)), num_classes, **settings)
+    return CenterMask2(_backbone(backbone, channels, norm_layer(backbone_norm), stride_in_1x1), num_classes,
+                       **settings)
 
 
-CENTERMASK2_SPEC = ModelSpec(has_masks=True, label_offset=0, num_classes=80)
+def _is_official_centermask2(state) -> bool:
+    return any(key.startswith("proposal_generator.fcos_head.") for key in state)
+
+
+def _official_build_kwargs(state) -> dict:
+    """Official R-50 weights are detectron2's MSRA ResNet (stride in the 1x1 conv)."""
+    return {"stride_in_1x1": True} if "backbone.bottom_up.stem.conv1.weight" in state else {}
+
+
+CENTERMASK2_SPEC = ModelSpec(has_masks=True, label_offset=0, num_classes=80,
+                             converters=(Converter("CenterMask2", from_centermask2, recognise=_is_official_centermask2,
+                                                   build_kwargs=_official_build_kwargs),))
 LITE_BACKBONES = ("vovnet19_slim", "vovnet19", "vovnet39")

@@ -211,16 +211,16 @@ def test_fcos_postprocess_decodes_points_scores_and_classes():
     # a class below the 0.05 threshold is dropped even with a high centerness
     logits[0, 40, 1] = -3.5
     centerness[0, 40] = 10.0
-    # a P4 detection of another class, clipped to the 64x64 image
+    # a P4 detection of another class reaching past the 64x64 feature extent: not clipped
     logits[0, 64 + 15, 0] = 0.0
     boxes[0, 64 + 15] = torch.tensor([1.0, 1.0, 1.0, 1.0])
-    (det,) = fcos.postprocess(logits, boxes, centerness, points, strides, level_sizes, [(64, 64)], 10, 5)
+    (det,) = fcos.postprocess(logits, boxes, centerness, points, strides, level_sizes, 10, 5)
     assert det["labels"].tolist() == [2, 0]
     torch.testing.assert_close(det["scores"], torch.tensor([math.sqrt(torch.sigmoid(torch.tensor(2.0)).item() * 0.5),
                                                             math.sqrt(0.5 * 0.5)]))
-    torch.testing.assert_close(det["boxes"], torch.tensor([[20.0, 12.0, 44.0, 44.0], [40.0, 40.0, 64.0, 64.0]]))
+    torch.testing.assert_close(det["boxes"], torch.tensor([[20.0, 12.0, 44.0, 44.0], [40.0, 40.0, 72.0, 72.0]]))
     (empty,) = fcos.postprocess(torch.full_like(logits, -10.0), boxes, centerness, points, strides, level_sizes,
-                                [(64, 64)], 10, 5)
+                                10, 5)
     assert empty["boxes"].shape == (0, 4) and empty["labels"].dtype == torch.int64
 
 
@@ -328,7 +328,10 @@ def test_mask_score_is_detection_score_times_predicted_mask_iou():
         with torch.no_grad():
             outputs.append(model([image])[0])
     torch.testing.assert_close(outputs[1]["boxes"], outputs[0]["boxes"])
-    torch.testing.assert_close(outputs[1]["scores"], 0.25 * outputs[0]["scores"])
+    # scores stay the FCOS box scores; mask_scores carry the predicted IoU
+    torch.testing.assert_close(outputs[1]["scores"], outputs[0]["scores"])
+    torch.testing.assert_close(outputs[0]["mask_scores"], outputs[0]["scores"])
+    torch.testing.assert_close(outputs[1]["mask_scores"], 0.25 * outputs[0]["scores"])
     assert (outputs[0]["scores"][:-1] >= outputs[0]["scores"][1:]).all()
 
 
@@ -395,3 +398,30 @@ def test_registry_and_overrides():
     assert model.fcos.nms_thresh == 0.5 and model.fcos.post_nms_top_n["testing"] == 20
     assert model.fcos.pre_nms_top_n["testing"] == 300
     assert model.fcos.head.cls_logits.out_channels == 3 and model.mask_head.predictor.out_channels == 3
+
+
+def test_boxes_stay_unclipped_until_the_end():
+    """As the official code: NMS and the mask pooler see the decoded boxes whole; only the output is clipped."""
+    model = _lite_model(box_score_thresh=0.0, box_detections_per_img=20).eval()
+    nn.init.constant_(model.fcos.head.bbox_pred.bias, 3.0)  # every box reaches 3 strides from its point
+    pooled, iou = [], []
+    model.mask_pooler.register_forward_pre_hook(lambda module, args: pooled.append(torch.cat(args[1])))
+    model.maskiou_head.register_forward_hook(lambda module, args, output: iou.append(output))
+    with torch.no_grad():
+        (out,) = model([_scene(0)[0]])
+    (boxes,) = pooled
+    assert ((boxes[:, :2] < 0) | (boxes[:, 2:] > SIZE)).any(), "some detections should cross the border"
+    torch.testing.assert_close(out["boxes"], ops.clip_boxes_to_image(boxes, (SIZE, SIZE)))
+    # mask_scores: the box score times the MaskIoU prediction of the detection's own class
+    (predicted,) = iou
+    torch.testing.assert_close(out["mask_scores"], out["scores"] * predicted[torch.arange(len(boxes)), out["labels"]])
+
+
+def test_resnet_backbone_takes_stride_in_1x1():
+    with torch.device("meta"):
+        msra = centermask2("resnet50", stride_in_1x1=True)
+        default = centermask2("resnet50")
+    assert msra.backbone.body.layer2[0].conv1.stride == (2, 2) and msra.backbone.body.layer2[0].conv2.stride == (1, 1)
+    assert default.backbone.body.layer2[0].conv1.stride == (1, 1)
+    with pytest.raises(ValueError, match="stride_in_1x1"):
+        centermask2("vovnet39", stride_in_1x1=True)
