@@ -481,3 +481,17 @@ def test_cuda_deterministic_backward_of_a_near_empty_box_half_a_pixel_outside():
     assert cpu.abs().sum() > 0
     torch.testing.assert_close(atomic, cpu, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(gathered, cpu, rtol=1e-5, atol=1e-5)
+
+
+@requires_cuda
+def test_cuda_bad_batch_index_poisons_its_roi_and_keeps_the_context():
+    x = torch.rand(2, 3, 8, 8, device="cuda", requires_grad=True)
+    bad = torch.tensor([[0.0, 0, 0, 4, 4], [2.0, 0, 0, 4, 4], [0.5, 1, 1, 5, 5]], device="cuda")
+    out = ops.roi_align(x, bad, 2)
+    assert torch.isnan(out[1:]).all()
+    torch.testing.assert_close(out[0], ops.roi_align(x.detach().cpu(), bad[:1].cpu(), 2)[0].cuda())
+    out[:1].sum().backward()  # the bad RoIs pass no gradient
+    expected = torch.autograd.grad(ops.roi_align(x, bad[:1], 2).sum(), x)[0]
+    torch.testing.assert_close(x.grad, expected)
+    torch.cuda.synchronize()  # no device-side assert: the context still works
+    assert torch.ones(1, device="cuda").item() == 1
