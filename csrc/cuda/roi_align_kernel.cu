@@ -293,26 +293,29 @@ __global__ void roi_footprint_kernel(Levels<const void, acc_t> maps, const acc_t
 }
 
 constexpr int kTileW = 32, kTileH = 8, kGatherThreads = kTileW * kTileH, kGatherChannels = 8;
-constexpr int kPixelBins = 4;  // bins per axis a pixel's weights are held for (more: recomputed per channel group)
+constexpr int kPixelBins = 4;  // bins per axis a pixel's weights are held for at a time
 
-// A pixel's weights from one RoI along one axis: (bin, weight) pairs, or `overflow` when more than kPixelBins.
+// Up to kPixelBins of the bins of one axis that weigh on pixel `pos` (after the first `skip` of them),
+// with their weights; `more` when further ones follow (a RoI whose bins are smaller than a pixel).
 template <typename acc_t>
 struct PixelBins {
   int bin[kPixelBins];
   acc_t weight[kPixelBins];
   int count;
-  bool overflow;
+  bool more;
 };
 
 template <typename acc_t>
 __device__ __forceinline__ PixelBins<acc_t> pixel_bins(acc_t start, acc_t bin, int64_t pooled, int64_t samples,
-                                                       int64_t size, int64_t pos) {
+                                                       int64_t size, int64_t pos, int skip) {
   PixelBins<acc_t> b;
   b.count = 0;
-  b.overflow = false;
+  b.more = false;
+  int seen = 0;
   roi_align::for_pixel_bins(start, bin, pooled, samples, size, pos, [&](int64_t p, acc_t w) {
+    if (seen++ < skip) return;
     if (b.count == kPixelBins) {
-      b.overflow = true;
+      b.more = true;
       return;
     }
 #pragma unroll
@@ -333,8 +336,10 @@ __device__ __forceinline__ PixelBins<acc_t> pixel_bins(acc_t start, acc_t bin, i
 // channel groups itself, adding the RoI's contribution to the pixel's running sums, which live in the
 // acc_t gradient buffer (each element is owned by one thread, so the order is fixed: RoI order, as the
 // atomic-free result must be reproducible). Pixels no RoI reaches are written zero.
+// One block per SM is enough to keep the gradient sums flowing; the geometry needs the registers
+// (without the explicit minimum, ptxas caps the kernel at 128 registers and spills).
 template <typename scalar_t>
-__global__ void __launch_bounds__(kGatherThreads)
+__global__ void __launch_bounds__(kGatherThreads, 1)
     roi_align_backward_gather_kernel(Levels<at::opmath_type<scalar_t>, at::opmath_type<scalar_t>> sums,
                                      const scalar_t* __restrict__ grad,
                                      const at::opmath_type<scalar_t>* __restrict__ rois,
@@ -383,41 +388,39 @@ __global__ void __launch_bounds__(kGatherThreads)
       if (!inside || y < f.y0 || y > f.y1 || x < f.x0 || x > f.x1) continue;
       const RoiGrid<acc_t> g = roi_align::make_roi_grid<acc_t>(rois + 5 * r + 1, sums.scale[level], pooled_h,
                                                                pooled_w, sampling_ratio, aligned);
-      const PixelBins<acc_t> by = pixel_bins(g.start_y, g.bin_h, pooled_h, g.samples_y, height, y);
-      const PixelBins<acc_t> bx = pixel_bins(g.start_x, g.bin_w, pooled_w, g.samples_x, width, x);
-      const bool held = !by.overflow && !bx.overflow;
-      if (held && (by.count == 0 || bx.count == 0)) continue;
       const scalar_t* gr = grad + r * channels * bins;
-      for (int64_t c0 = 0; c0 < channels; c0 += kGatherChannels) {
-        acc_t acc[kGatherChannels];
+      // Usually one (y, x) pair of bin lists; RoIs with bins below a pixel take several.
+      for (int sy = 0;; sy += kPixelBins) {
+        const PixelBins<acc_t> by = pixel_bins(g.start_y, g.bin_h, pooled_h, g.samples_y, height, y, sy);
+        for (int sx = 0; by.count > 0; sx += kPixelBins) {
+          const PixelBins<acc_t> bx = pixel_bins(g.start_x, g.bin_w, pooled_w, g.samples_x, width, x, sx);
+          if (bx.count == 0) break;
+          for (int64_t c0 = 0; c0 < channels; c0 += kGatherChannels) {
+            acc_t acc[kGatherChannels];
 #pragma unroll
-        for (int cc = 0; cc < kGatherChannels; ++cc) {
-          acc[cc] = touched && c0 + cc < channels ? out[(c0 + cc) * plane] : acc_t(0);
-        }
-        auto add_bin = [&](int64_t ph, acc_t wy, int64_t pw, acc_t wx) {
-          const acc_t w = wy * wx / g.count;
-          const scalar_t* src = gr + c0 * bins + ph * pooled_w + pw;
+            for (int cc = 0; cc < kGatherChannels; ++cc) {
+              acc[cc] = touched && c0 + cc < channels ? out[(c0 + cc) * plane] : acc_t(0);
+            }
+            for (int iy = 0; iy < by.count; ++iy) {
+              for (int ix = 0; ix < bx.count; ++ix) {
+                const acc_t w = by.weight[iy] * bx.weight[ix] / g.count;
+                const scalar_t* src = gr + c0 * bins + by.bin[iy] * pooled_w + bx.bin[ix];
 #pragma unroll
-          for (int cc = 0; cc < kGatherChannels; ++cc) {
-            if (c0 + cc < channels) acc[cc] += w * static_cast<acc_t>(src[cc * bins]);
+                for (int cc = 0; cc < kGatherChannels; ++cc) {
+                  if (c0 + cc < channels) acc[cc] += w * static_cast<acc_t>(src[cc * bins]);
+                }
+              }
+            }
+#pragma unroll
+            for (int cc = 0; cc < kGatherChannels; ++cc) {
+              if (c0 + cc < channels) out[(c0 + cc) * plane] = acc[cc];
+            }
           }
-        };
-        if (held) {
-          for (int iy = 0; iy < by.count; ++iy) {
-            for (int ix = 0; ix < bx.count; ++ix) add_bin(by.bin[iy], by.weight[iy], bx.bin[ix], bx.weight[ix]);
-          }
-        } else {  // a RoI whose bins are smaller than the pixel: its weights are recomputed per group
-          roi_align::for_pixel_bins(g.start_y, g.bin_h, pooled_h, g.samples_y, height, y, [&](int64_t ph, acc_t wy) {
-            roi_align::for_pixel_bins(g.start_x, g.bin_w, pooled_w, g.samples_x, width, x,
-                                      [&](int64_t pw, acc_t wx) { add_bin(ph, wy, pw, wx); });
-          });
+          touched = true;
+          if (!bx.more) break;
         }
-#pragma unroll
-        for (int cc = 0; cc < kGatherChannels; ++cc) {
-          if (c0 + cc < channels) out[(c0 + cc) * plane] = acc[cc];
-        }
+        if (!by.more) break;
       }
-      touched = true;
     }
     __syncthreads();  // `listed` and `warp_counts` are rewritten by the next chunk
   }
