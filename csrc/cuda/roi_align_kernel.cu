@@ -336,8 +336,8 @@ __device__ __forceinline__ PixelBins<acc_t> pixel_bins(acc_t start, acc_t bin, i
 // channel groups itself, adding the RoI's contribution to the pixel's running sums, which live in the
 // acc_t gradient buffer (each element is owned by one thread, so the order is fixed: RoI order, as the
 // atomic-free result must be reproducible). Pixels no RoI reaches are written zero.
-// One block per SM is enough to keep the gradient sums flowing; the geometry needs the registers
-// (without the explicit minimum, ptxas caps the kernel at 128 registers and spills).
+// The pixel's bin lists, held across the channel loop, take ~160 registers: with no explicit minimum of
+// blocks per SM, ptxas caps the kernel at 128 registers and spills.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kGatherThreads, 1)
     roi_align_backward_gather_kernel(Levels<at::opmath_type<scalar_t>, at::opmath_type<scalar_t>> sums,
