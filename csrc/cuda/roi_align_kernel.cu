@@ -76,9 +76,10 @@ __device__ __forceinline__ int64_t roi_level(const int64_t* levels, int64_t k, i
 // A block pools one RoI (for a range of channels). Its threads first build the RoI's row and column
 // tables with roi_align::fill_bin, the CPU kernel's code: each bin's taps merged into (index, weight)
 // entries, every sample's taps and weights computed once for all channels. Then each thread takes
-// (channel, bin) pairs and sums (w_r * w_c) * x[r, c] in the CPU kernel's order, so the forward is
-// bit-identical to the CPU one. Tables that do not fit (bins larger than kMaxPooled per side, or huge
-// adaptive sample counts) fall back to visiting the samples per output, torchvision's way.
+// (channel, bin) pairs and sums (w_r * w_c) * x[r, c] in the CPU kernel's order, so that (without FMA
+// contraction) the forward rounds exactly as the CPU one. Tables that do not fit (more than kMaxPooled
+// bins per side, or huge adaptive sample counts) fall back to visiting the samples per output,
+// torchvision's way (the same value up to rounding).
 
 constexpr int kPoolThreads = 256;
 constexpr int kMaxPooled = 64;       // bins per side held in the tables
@@ -115,8 +116,8 @@ __device__ __forceinline__ RoiPlan<acc_t> plan_roi(const acc_t* roi, acc_t scale
 
 // Called by every thread of the block (it ends with a barrier) when plan.tabled.
 template <typename acc_t>
-__device__ __forceinline__ void build_tables(const RoiPlan<acc_t>& plan, int64_t pooled_h, int64_t pooled_w, AxisTable<acc_t>& rows,
-                             AxisTable<acc_t>& cols) {
+__device__ __forceinline__ void build_tables(const RoiPlan<acc_t>& plan, int64_t pooled_h, int64_t pooled_w,
+                                             AxisTable<acc_t>& rows, AxisTable<acc_t>& cols) {
   const RoiGrid<acc_t>& g = plan.grid;
   for (int64_t p = threadIdx.x; p < pooled_h + pooled_w; p += blockDim.x) {
     if (p < pooled_h) {
