@@ -33,7 +33,7 @@ def _want_cuda() -> bool:
 
 def _extension():
     # Relative paths: setuptools rejects absolute source paths in some versions.
-    sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/autocast/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = [src for folder in ("csrc", "csrc/autocast", "csrc/cpu") for src in sorted(glob.glob(f"{folder}/*.cpp"))]
     define_macros = [("Py_LIMITED_API", "0x03090000")]
     # C++20 spelled out: torch < 2.13 would otherwise compile extensions as C++17 (std::bit_cast, ranges).
     # No FMA contraction: NMS compares IoU with the threshold exactly, the same on CPU and CUDA.
