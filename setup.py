@@ -33,7 +33,7 @@ def _want_cuda() -> bool:
 
 def _extension():
     # Relative paths: setuptools rejects absolute source paths in some versions.
-    sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = [src for folder in ("csrc", "csrc/autocast", "csrc/cpu") for src in sorted(glob.glob(f"{folder}/*.cpp"))]
     define_macros = [("Py_LIMITED_API", "0x03090000")]
     # C++20 spelled out: torch < 2.13 would otherwise compile extensions as C++17 (std::bit_cast, ranges).
     # No FMA contraction: NMS compares IoU with the threshold exactly, the same on CPU and CUDA.
@@ -43,9 +43,10 @@ def _extension():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
-        define_macros.append(("WITH_CUDA", None))
         # Never -use_fast_math: approximate division and flushed denormals change NMS decisions at the threshold.
-        nvcc_flags = ["-std=c++20", "-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+        # --fmad=false: no FMA contraction, as -ffp-contract=off on the CPU, so that the host/device math
+        # in csrc/<op>.h rounds the same on both backends.
+        nvcc_flags = ["-std=c++20", "-O3", "--expt-relaxed-constexpr", "--fmad=false", "-lineinfo"]
         return CUDAExtension(
             "pydet._C",
             sources,

@@ -46,19 +46,35 @@ struct BoxWeights {
   acc_t x, y, w, h;
 };
 
-// IoU of two xyxy boxes; 0/0 (two empty boxes) is NaN, as in torchvision.
+// An xyxy box with its area, for the IoU tests of NMS (CPU and CUDA) and box_iou.
+template <typename T>
+struct AreaBox {
+  T x1, y1, x2, y2, area;
+};
+
+template <typename T, typename scalar_t>
+C10_HOST_DEVICE inline AreaBox<T> area_box(const scalar_t* b) {
+  const T x1 = b[0], y1 = b[1], x2 = b[2], y2 = b[3];
+  return {x1, y1, x2, y2, (x2 - x1) * (y2 - y1)};
+}
+
+// torchvision's IoU, the one formula of pydet: inter / (area_a + area_b - inter); 0/0 (two empty boxes)
+// is NaN. Built without FMA contraction on both backends, so CPU and CUDA round it identically. A NaN
+// coordinate makes an area NaN, so the NaN handling of the min/max here never changes the result.
+template <typename T>
+C10_HOST_DEVICE inline T area_box_iou(const AreaBox<T>& a, const AreaBox<T>& b) {
+  const T right = a.x2 < b.x2 ? a.x2 : b.x2, left = a.x1 > b.x1 ? a.x1 : b.x1;
+  const T bottom = a.y2 < b.y2 ? a.y2 : b.y2, top = a.y1 > b.y1 ? a.y1 : b.y1;
+  const T w = right - left > T(0) ? right - left : T(0);
+  const T h = bottom - top > T(0) ? bottom - top : T(0);
+  const T inter = w * h;
+  return inter / (a.area + b.area - inter);
+}
+
+// IoU of two xyxy boxes given as 4 coordinates each.
 template <typename acc_t, typename scalar_t>
 C10_HOST_DEVICE inline acc_t box_pair_iou(const scalar_t* a, const scalar_t* b) {
-  const acc_t ax1 = a[0], ay1 = a[1], ax2 = a[2], ay2 = a[3];
-  const acc_t bx1 = b[0], by1 = b[1], bx2 = b[2], by2 = b[3];
-  const acc_t area_a = (ax2 - ax1) * (ay2 - ay1);
-  const acc_t area_b = (bx2 - bx1) * (by2 - by1);
-  const acc_t right = ax2 < bx2 ? ax2 : bx2, left = ax1 > bx1 ? ax1 : bx1;
-  const acc_t bottom = ay2 < by2 ? ay2 : by2, top = ay1 > by1 ? ay1 : by1;
-  const acc_t w = right - left > acc_t(0) ? right - left : acc_t(0);
-  const acc_t h = bottom - top > acc_t(0) ? bottom - top : acc_t(0);
-  const acc_t inter = w * h;
-  return inter / (area_a + area_b - inter);
+  return area_box_iou(area_box<acc_t>(a), area_box<acc_t>(b));
 }
 
 // (dx, dy, dw, dh) mapping proposal p onto reference g.

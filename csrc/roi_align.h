@@ -98,6 +98,43 @@ C10_HOST_DEVICE inline bool axis_taps(T coord, int64_t size, AxisTaps<T>& taps) 
   return true;
 }
 
+// Merges the taps of one bin's samples into (index, summed weight) entries starting at `at`; returns
+// the end (at most min(2 * samples, size) entries). The per-RoI axis tables of the CPU kernels and of the
+// CUDA forward and atomic backward are built with it, and a bin's value is sum over its row entries r and
+// column entries c of (w_r * w_c) * x[r, c], in that order, on both backends. Samples move
+// monotonically along the axis (backwards when the bin size is negative) and taps are appended in that
+// direction, so a repeated index can only be one of the last two entries.
+template <typename acc_t>
+C10_HOST_DEVICE inline int64_t fill_bin(acc_t start, acc_t bin, int64_t p, int64_t samples, int64_t size, int64_t at,
+                                        int32_t* index, acc_t* weight) {
+  const int64_t first = at;
+  auto add = [&](int64_t i, acc_t w) {
+    if (w == acc_t(0)) return;
+    if (at > first && index[at - 1] == i) {
+      weight[at - 1] += w;
+    } else if (at - first > 1 && index[at - 2] == i) {
+      weight[at - 2] += w;
+    } else {
+      index[at] = static_cast<int32_t>(i);
+      weight[at] = w;
+      ++at;
+    }
+  };
+  const bool forward = !(bin < acc_t(0));
+  for (int64_t s = 0; s < samples; ++s) {
+    AxisTaps<acc_t> t;
+    if (!axis_taps(sample_coord(start, bin, p, s, samples), size, t)) continue;
+    if (forward) {
+      add(t.low, t.w_low);
+      add(t.high, t.w_high);
+    } else {
+      add(t.high, t.w_high);
+      add(t.low, t.w_low);
+    }
+  }
+  return at;
+}
+
 // ---- the gather form of the backward (CUDA, deterministic mode) ----
 // A thread that owns input pixel (y, x) finds, for each RoI, the samples that put weight on its row and
 // on its column; the weight of bin (ph, pw) on the pixel is then wy(ph) * wx(pw) / count.
@@ -164,6 +201,21 @@ C10_HOST_DEVICE inline T sample_weight_on(T start, T bin, int64_t samples, int64
   AxisTaps<T> t;
   if (!axis_taps(sample_coord(start, bin, j / samples, j % samples, samples), size, t)) return T(0);
   return (t.low == pos ? t.w_low : T(0)) + (t.high == pos ? t.w_high : T(0));
+}
+
+// Visits the bins of one axis that put weight on pixel `pos`, in bin order, with the weight of each
+// (summed over the bin's samples): visit(bin, weight). Zero weights are skipped.
+template <typename T, typename Visit>
+C10_HOST_DEVICE inline void for_pixel_bins(T start, T bin, int64_t pooled, int64_t samples, int64_t size, int64_t pos,
+                                           Visit&& visit) {
+  int64_t first, last;
+  candidate_samples(start, bin, pooled, samples, size, pos, first, last);
+  for (int64_t j = first; j <= last;) {
+    const int64_t p = j / samples;
+    T w = 0;
+    for (; j <= last && j / samples == p; ++j) w += sample_weight_on(start, bin, samples, size, j, pos);
+    if (w != T(0)) visit(p, w);
+  }
 }
 
 // ---- argument checks shared by the CPU and CUDA kernels ----
@@ -236,6 +288,26 @@ inline void check_feature_shapes(int64_t batch_size, int64_t channels, c10::Arra
                       "feature map height and width must be in [0, 2^31), got ", heights[l], " and ", widths[l]);
     check_scale(scales[l]);
   }
+}
+
+// Everything a forward entry point (CPU or CUDA) checks; levels is null for the single-level op.
+inline void check_forward_args(at::TensorList features, const at::Tensor& rois, const at::Tensor* levels,
+                               c10::ArrayRef<double> scales, int64_t pooled_h, int64_t pooled_w) {
+  check_features(features, rois, scales);
+  if (levels) check_levels(*levels, rois);
+  check_pooling(pooled_h, pooled_w);
+}
+
+// Everything a backward entry point (CPU or CUDA) checks; levels is null for the single-level op.
+inline void check_backward_args(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor* levels,
+                                c10::ArrayRef<double> scales, int64_t pooled_h, int64_t pooled_w,
+                                int64_t batch_size, int64_t channels, c10::ArrayRef<int64_t> heights,
+                                c10::ArrayRef<int64_t> widths) {
+  check_rois(rois);
+  if (levels) check_levels(*levels, rois);
+  check_pooling(pooled_h, pooled_w);
+  check_grad(grad, rois, channels, pooled_h, pooled_w);
+  check_feature_shapes(batch_size, channels, heights, widths, scales);
 }
 
 }  // namespace pydet::roi_align

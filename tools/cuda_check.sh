@@ -12,7 +12,7 @@ INCLUDES=$($PYTHON -c "import sysconfig, torch.utils.cpp_extension as c; \
 print(' '.join('-I' + p for p in c.include_paths() + [sysconfig.get_paths()['include']]))")
 # torch's own nvcc flags (no implicit half conversions, --expt-relaxed-constexpr) so that this compiles what setup.py compiles.
 TORCH_NVCC_FLAGS=$($PYTHON -c "import torch.utils.cpp_extension as c; print(' '.join(c.COMMON_NVCC_FLAGS))")
-FLAGS="$TORCH_NVCC_FLAGS -std=c++20 -O3 -DWITH_CUDA -DC10_CUDA_NO_CMAKE_CONFIGURE_FILE -Xptxas -v \
+FLAGS="$TORCH_NVCC_FLAGS -std=c++20 -O3 --fmad=false -DC10_CUDA_NO_CMAKE_CONFIGURE_FILE -Xptxas -v \
 -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 -Xcompiler -fPIC -w"
 export NVCC FLAGS INCLUDES OUT PYTHON
 compile_one() {

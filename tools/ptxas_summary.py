@@ -23,6 +23,8 @@ if entries:
     demangled = subprocess.run(["c++filt"], input="\n".join(e[0] for e in entries), capture_output=True,
                                text=True).stdout.splitlines()
     for (mangled, regs, spill), full in zip(entries, demangled or [e[0] for e in entries]):
-        short = re.sub(r"^(?:void )?", "", full).split("<")[0].split("::")[-1]
+        # "void ns::(anonymous namespace)::name<T>(args)": the name is what precedes the template or argument list.
+        head = re.sub(r"^(?:void )?", "", full).replace("(anonymous namespace)", "")
+        short = re.split(r"[<(]", head)[0].split("::")[-1]
         tmpl = re.search(r"<([^<>]*)>", full)
         print(f"    {short}<{tmpl.group(1) if tmpl else ''}>: {regs} registers{spill}")

@@ -31,11 +31,6 @@
 namespace pydet {
 namespace {
 
-template <typename T>
-struct IndexedBox {
-  T x1, y1, x2, y2, area;
-};
-
 // Greedy NMS over the boxes of one class, visited best first. Reusable: buffers grow once per thread.
 template <typename T>
 class GreedyNms {
@@ -80,7 +75,7 @@ class GreedyNms {
     for (int64_t r = 0; r < m; ++r) {
       const int32_t p = by_x_[r].second;
       const T* b = boxes + 4 * rows[p];
-      sorted_[r] = {b[0], b[1], b[2], b[3], (b[2] - b[0]) * (b[3] - b[1])};
+      sorted_[r] = area_box<T>(b);
       max_x2_[r] = r == 0 ? b[2] : std::max(max_x2_[r - 1], b[2]);
       rank_[p] = static_cast<int32_t>(r);
     }
@@ -88,12 +83,12 @@ class GreedyNms {
 
   // Whether a kept box suppresses the box of x-rank r.
   bool suppressed(int32_t r, int64_t m) const {
-    const IndexedBox<T>& c = sorted_[r];
+    const AreaBox<T>& c = sorted_[r];
     int64_t lo = 0, hi = m;
     if (prune_) {
       // Kept boxes that may overlap c in x: some box up to here reaches past c.x1, and x1 < c.x2.
       lo = std::upper_bound(max_x2_.begin(), max_x2_.end(), c.x1) - max_x2_.begin();
-      hi = std::ranges::lower_bound(sorted_, c.x2, {}, &IndexedBox<T>::x1) - sorted_.begin();
+      hi = std::ranges::lower_bound(sorted_, c.x2, {}, &AreaBox<T>::x1) - sorted_.begin();
     }
     for (int64_t w = lo >> 6, w_end = (hi + 63) >> 6; w < w_end; ++w) {
       uint64_t bits = kept_[w];
@@ -110,7 +105,7 @@ class GreedyNms {
       int count = 0;
       for (; bits != 0; bits &= bits - 1) {
         const int32_t k = static_cast<int32_t>((w << 6) + std::countr_zero(bits));
-        const IndexedBox<T>& b = sorted_[k];
+        const AreaBox<T>& b = sorted_[k];
         overlapping[count] = k;
         count += (std::min(b.x2, c.x2) > std::max(b.x1, c.x1)) & (std::min(b.y2, c.y2) > std::max(b.y1, c.y1));
       }
@@ -121,18 +116,12 @@ class GreedyNms {
     return false;
   }
 
-  // torchvision's IoU test: inter / (area_a + area_b - inter) > threshold.
-  bool iou_above(const IndexedBox<T>& a, const IndexedBox<T>& b) const {
-    const T w = std::max(T(0), std::min(a.x2, b.x2) - std::max(a.x1, b.x1));
-    const T h = std::max(T(0), std::min(a.y2, b.y2) - std::max(a.y1, b.y1));
-    const T inter = w * h;
-    return inter / (a.area + b.area - inter) > threshold_;
-  }
+  bool iou_above(const AreaBox<T>& a, const AreaBox<T>& b) const { return pydet::iou_above(a, b, threshold_); }
 
   const T threshold_;
   const bool prune_;
   std::vector<std::pair<T, int32_t>> by_x_;  // (x1, visit position), sorted
-  std::vector<IndexedBox<T>> sorted_;        // by x rank
+  std::vector<AreaBox<T>> sorted_;        // by x rank
   std::vector<T> max_x2_;                    // prefix maximum of x2 by x rank
   std::vector<int32_t> rank_;                // x rank of each visit position, -1: kept untested
   std::vector<uint64_t> kept_;               // bitmap over x ranks
@@ -168,13 +157,10 @@ void nms_segments(const T* boxes, const std::vector<int64_t>& rows, const std::v
   }
 }
 
-// Unsigned keys that sort ascending in order of decreasing score (-0.0 ties with 0.0; no NaN here).
+// Keys that sort ascending in order of decreasing score (no NaN reaches here).
 template <typename T>
 auto descending_key(T score) {
-  using Key = std::conditional_t<sizeof(T) == 8, uint64_t, uint32_t>;
-  constexpr Key sign = Key{1} << (8 * sizeof(Key) - 1);
-  const Key bits = std::bit_cast<Key>(score == 0 ? T(0) : score);
-  return static_cast<Key>((bits & sign) ? bits : ~(bits | sign));
+  return static_cast<score_key_t<T>>(~score_key(score));
 }
 
 // Sorts ids by decreasing scores[id], ties by increasing id, keeping the best `limit` (all if < 0).
@@ -271,6 +257,7 @@ std::tuple<at::Tensor, at::Tensor> opmath_inputs(const at::Tensor& boxes, const 
 
 at::Tensor nms_common(const at::Tensor& boxes_in, const at::Tensor& scores_in, const at::Tensor* idxs_in,
                       double iou_threshold) {
+  check_nms_args(boxes_in, scores_in, idxs_in, iou_threshold);
   const auto [boxes, scores] = opmath_inputs(boxes_in, scores_in);
   const auto idxs = idxs_in ? idxs_in->to(at::kLong).contiguous() : at::Tensor();
   std::vector<int64_t> kept;
@@ -284,14 +271,11 @@ at::Tensor nms_common(const at::Tensor& boxes_in, const at::Tensor& scores_in, c
 }
 
 at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
-  check_nms_args(boxes, scores, iou_threshold);
   return nms_common(boxes, scores, nullptr, iou_threshold);
 }
 
 at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
                            double iou_threshold) {
-  check_nms_args(boxes, scores, iou_threshold);
-  check_nms_idxs(boxes, idxs);
   return nms_common(boxes, scores, &idxs, iou_threshold);
 }
 

@@ -13,9 +13,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
-#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -52,40 +50,6 @@ struct RoiTables {
   // RoIs grouped by (level, image), in RoI order inside a group; RoIs that pool nothing come last.
   std::vector<int64_t> order, group_begin;
 };
-
-// Merges the taps of one bin's samples into (index, summed weight) entries starting at `at`; returns
-// the end. Samples move monotonically along the axis (backwards when the bin size is negative) and taps
-// are appended in that direction, so a repeated index can only be one of the last two entries.
-template <typename acc_t>
-int64_t fill_bin(acc_t start, acc_t bin, int64_t p, int64_t samples, int64_t size, int64_t at, int32_t* index,
-                 acc_t* weight) {
-  const int64_t first = at;
-  auto add = [&](int64_t i, acc_t w) {
-    if (w == acc_t(0)) return;
-    if (at > first && index[at - 1] == i) {
-      weight[at - 1] += w;
-    } else if (at - first > 1 && index[at - 2] == i) {
-      weight[at - 2] += w;
-    } else {
-      index[at] = static_cast<int32_t>(i);
-      weight[at] = w;
-      ++at;
-    }
-  };
-  const bool forward = !(bin < acc_t(0));
-  for (int64_t s = 0; s < samples; ++s) {
-    AxisTaps<acc_t> t;
-    if (!roi_align::axis_taps(roi_align::sample_coord(start, bin, p, s, samples), size, t)) continue;
-    if (forward) {
-      add(t.low, t.w_low);
-      add(t.high, t.w_high);
-    } else {
-      add(t.high, t.w_high);
-      add(t.low, t.w_low);
-    }
-  }
-  return at;
-}
 
 // rois: [K, 5] contiguous in acc_t. levels: [K] or null (every RoI on level 0).
 template <typename acc_t>
@@ -148,7 +112,7 @@ RoiTables<acc_t> build_tables(const at::Tensor& rois, const int64_t* levels, con
       int64_t first = h, last = -1;
       for (int64_t ph = 0; ph < pooled_h; ++ph) {
         const int64_t at = row_base[k] + ph * row_stride[k];
-        const int64_t end = fill_bin(g.start_y, g.bin_h, ph, g.samples_y, h, at, t.rows.index.data(),
+        const int64_t end = roi_align::fill_bin(g.start_y, g.bin_h, ph, g.samples_y, h, at, t.rows.index.data(),
                                      t.rows.weight.data());
         t.rows.begin[k * pooled_h + ph] = at;
         t.rows.end[k * pooled_h + ph] = end;
@@ -163,7 +127,7 @@ RoiTables<acc_t> build_tables(const at::Tensor& rois, const int64_t* levels, con
       last = -1;
       for (int64_t pw = 0; pw < pooled_w; ++pw) {
         const int64_t at = col_base[k] + pw * col_stride[k];
-        const int64_t end = fill_bin(g.start_x, g.bin_w, pw, g.samples_x, w, at, t.cols.index.data(),
+        const int64_t end = roi_align::fill_bin(g.start_x, g.bin_w, pw, g.samples_x, w, at, t.cols.index.data(),
                                      t.cols.weight.data());
         t.cols.begin[k * pooled_w + pw] = at;
         t.cols.end[k * pooled_w + pw] = end;
@@ -555,8 +519,7 @@ std::vector<at::Tensor> multi_scale_backward_cpu(const at::Tensor& grad_in, cons
 
 at::Tensor roi_align_cpu(const at::Tensor& input, const at::Tensor& rois, double spatial_scale, int64_t pooled_h,
                          int64_t pooled_w, int64_t sampling_ratio, bool aligned) {
-  roi_align::check_features({input}, rois, {spatial_scale});
-  roi_align::check_pooling(pooled_h, pooled_w);
+  roi_align::check_forward_args({input}, rois, nullptr, {spatial_scale}, pooled_h, pooled_w);
   return multi_scale_forward_cpu({input}, rois, nullptr, {spatial_scale}, pooled_h, pooled_w, sampling_ratio,
                                  aligned);
 }
@@ -564,10 +527,8 @@ at::Tensor roi_align_cpu(const at::Tensor& input, const at::Tensor& rois, double
 at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale,
                                   int64_t pooled_h, int64_t pooled_w, int64_t batch_size, int64_t channels,
                                   int64_t height, int64_t width, int64_t sampling_ratio, bool aligned) {
-  roi_align::check_rois(rois);
-  roi_align::check_pooling(pooled_h, pooled_w);
-  roi_align::check_grad(grad, rois, channels, pooled_h, pooled_w);
-  roi_align::check_feature_shapes(batch_size, channels, {height}, {width}, {spatial_scale});
+  roi_align::check_backward_args(grad, rois, nullptr, {spatial_scale}, pooled_h, pooled_w, batch_size, channels,
+                                 {height}, {width});
   return multi_scale_backward_cpu(grad, rois, nullptr, {spatial_scale}, pooled_h, pooled_w, batch_size, channels,
                                   {height}, {width}, sampling_ratio, aligned)[0];
 }
@@ -575,9 +536,7 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
 at::Tensor multi_scale_roi_align_cpu(at::TensorList features, const at::Tensor& rois, const at::Tensor& levels_in,
                                      c10::ArrayRef<double> scales, int64_t pooled_h, int64_t pooled_w,
                                      int64_t sampling_ratio, bool aligned) {
-  roi_align::check_features(features, rois, scales);
-  roi_align::check_levels(levels_in, rois);
-  roi_align::check_pooling(pooled_h, pooled_w);
+  roi_align::check_forward_args(features, rois, &levels_in, scales, pooled_h, pooled_w);
   const auto levels = levels_in.contiguous();
   return multi_scale_forward_cpu(features, rois, levels.const_data_ptr<int64_t>(), scales, pooled_h, pooled_w,
                                  sampling_ratio, aligned);
@@ -589,49 +548,11 @@ std::vector<at::Tensor> multi_scale_roi_align_backward_cpu(const at::Tensor& gra
                                                            int64_t channels, c10::ArrayRef<int64_t> heights,
                                                            c10::ArrayRef<int64_t> widths, int64_t sampling_ratio,
                                                            bool aligned) {
-  roi_align::check_rois(rois);
-  roi_align::check_levels(levels_in, rois);
-  roi_align::check_pooling(pooled_h, pooled_w);
-  roi_align::check_grad(grad, rois, channels, pooled_h, pooled_w);
-  roi_align::check_feature_shapes(batch_size, channels, heights, widths, scales);
+  roi_align::check_backward_args(grad, rois, &levels_in, scales, pooled_h, pooled_w, batch_size, channels, heights,
+                                 widths);
   const auto levels = levels_in.contiguous();
   return multi_scale_backward_cpu(grad, rois, levels.const_data_ptr<int64_t>(), scales, pooled_h, pooled_w,
                                   batch_size, channels, heights, widths, sampling_ratio, aligned);
-}
-
-// ---- autocast: like torchvision, RoIAlign runs in float32 and returns the input's dtype ----
-
-at::Tensor upcast(const at::Tensor& t) {
-  const auto s = t.scalar_type();
-  return (s == at::kHalf || s == at::kBFloat16) ? t.to(at::kFloat) : t;
-}
-
-template <c10::DispatchKey autocast_key>
-at::Tensor roi_align_autocast(const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
-                              int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio, bool aligned) {
-  c10::impl::ExcludeDispatchKeyGuard no_autocast(autocast_key);
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("pydet::roi_align", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double, int64_t, int64_t,
-                                               int64_t, bool)>();
-  return op.call(upcast(input), upcast(rois), spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
-      .to(input.scalar_type());
-}
-
-template <c10::DispatchKey autocast_key>
-at::Tensor multi_scale_roi_align_autocast(at::TensorList features, const at::Tensor& rois, const at::Tensor& levels,
-                                          c10::ArrayRef<double> scales, int64_t pooled_h, int64_t pooled_w,
-                                          int64_t sampling_ratio, bool aligned) {
-  c10::impl::ExcludeDispatchKeyGuard no_autocast(autocast_key);
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("pydet::multi_scale_roi_align", "")
-                             .typed<at::Tensor(at::TensorList, const at::Tensor&, const at::Tensor&,
-                                               c10::ArrayRef<double>, int64_t, int64_t, int64_t, bool)>();
-  TORCH_CHECK_VALUE(!features.empty(), "features must hold at least one feature map");
-  std::vector<at::Tensor> upcast_features;
-  for (const auto& f : features) upcast_features.push_back(upcast(f));
-  return op.call(upcast_features, upcast(rois), levels, scales, pooled_h, pooled_w, sampling_ratio, aligned)
-      .to(features[0].scalar_type());
 }
 
 }  // namespace
@@ -641,16 +562,6 @@ TORCH_LIBRARY_IMPL(pydet, CPU, m) {
   m.impl("roi_align_backward", &roi_align_backward_cpu);
   m.impl("multi_scale_roi_align", &multi_scale_roi_align_cpu);
   m.impl("multi_scale_roi_align_backward", &multi_scale_roi_align_backward_cpu);
-}
-
-TORCH_LIBRARY_IMPL(pydet, Autocast, m) {
-  m.impl("roi_align", &roi_align_autocast<c10::DispatchKey::Autocast>);
-  m.impl("multi_scale_roi_align", &multi_scale_roi_align_autocast<c10::DispatchKey::Autocast>);
-}
-
-TORCH_LIBRARY_IMPL(pydet, AutocastCPU, m) {
-  m.impl("roi_align", &roi_align_autocast<c10::DispatchKey::AutocastCPU>);
-  m.impl("multi_scale_roi_align", &multi_scale_roi_align_autocast<c10::DispatchKey::AutocastCPU>);
 }
 
 }  // namespace pydet

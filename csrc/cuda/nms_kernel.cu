@@ -1,9 +1,13 @@
 // CUDA kernels for greedy non-maximum suppression (same semantics as csrc/cpu/nms_kernel.cpp, bit for
-// bit: IoU products are rounded separately so no FMA contraction changes a comparison).
+// bit: the IoU test is csrc/nms.h's, compiled without FMA contraction as on the CPU).
 //
-// nms / batched_nms: boxes are sorted by (class, score desc, index) with cub's stable radix sorts; IoU
-// bitmasks are computed in 64x64 tiles only where a tile holds boxes of one class (O(sum n_c^2) work);
-// a single-block kernel walks the mask on the device; one host sync at the end sizes the output.
+// nms / batched_nms: boxes are sorted by (class, score desc, index) with cub's stable radix sorts. Each
+// class is a segment with a bitmask of its own (csrc/nms.h, segmented_nms): O(sum n_c^2) bits and IoU tests,
+// in 64x64 tiles. One host sync reads the mask's size (it depends on the class sizes, which only the
+// device knows); then every segment runs its greedy walk in its own block, in parallel: per 64-box step,
+// warp 0 resolves the step from the diagonal words and the block's warps fold the kept rows into the
+// later words, one word per warp, the 64 rows across the lanes, OR-reduced with shuffles. A second host
+// sync sizes the output (the API returns the kept indices).
 //
 // multiclass_nms: no host synchronisation. Candidates (score > threshold) are compacted with a device
 // count, sorted per image (segmented radix sort, segment ends read on the device), and one block per
@@ -18,10 +22,12 @@
 #include <torch/library.h>
 
 #include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_scan.cuh>
 #include <cub/device/device_segmented_radix_sort.cuh>
 #include <cub/device/device_select.cuh>
 #include <thrust/iterator/counting_iterator.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <type_traits>
@@ -33,50 +39,14 @@
 namespace pydet {
 namespace {
 
-constexpr int kTile = 64;             // boxes per mask tile = bits per mask word
-constexpr int kGatherThreads = 256;   // the single block that walks the mask
+using segmented_nms::kTile;
+using segmented_nms::SegmentTables;
+constexpr int kMaxWalkWarps = 8;      // warps of a segment's walk block
 constexpr int kChunk = 256;           // candidates per step of the multiclass greedy loop (= threads)
 constexpr int kChunkWords = kChunk / 32;
-constexpr int64_t kMaxSharedBytes = 48 * 1024;
-constexpr int64_t kGatherStaticSharedBytes = 256;  // nms_gather_kernel's __shared__ scalars, with room to spare
-
-// Sort keys for scores: unsigned integers in the order of the values, -0.0 equal to 0.0, NaN lowest.
-__device__ __forceinline__ uint32_t score_key(float s) {
-  if (s != s) return 0;
-  const uint32_t bits = __float_as_uint(s == 0.0f ? 0.0f : s);
-  return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
-}
-
-__device__ __forceinline__ uint64_t score_key(double s) {
-  if (s != s) return 0;
-  const uint64_t bits = static_cast<uint64_t>(__double_as_longlong(s == 0.0 ? 0.0 : s));
-  return (bits & 0x8000000000000000ull) ? ~bits : (bits | 0x8000000000000000ull);
-}
 
 template <typename T>
-using score_key_t = std::conditional_t<std::is_same_v<T, double>, uint64_t, uint32_t>;
-
-__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
-
-template <typename T>
-struct DeviceBox {
-  T x1, y1, x2, y2, area;
-};
-
-template <typename T>
-__device__ __forceinline__ DeviceBox<T> make_box(T x1, T y1, T x2, T y2) {
-  return {x1, y1, x2, y2, mul_rn(x2 - x1, y2 - y1)};
-}
-
-// torchvision's test: inter / (area_a + area_b - inter) > threshold (threshold_at_or_below'd).
-template <typename T>
-__device__ __forceinline__ bool iou_above(const DeviceBox<T>& a, const DeviceBox<T>& b, T threshold) {
-  const T w = fmax(fmin(a.x2, b.x2) - fmax(a.x1, b.x1), T(0));
-  const T h = fmax(fmin(a.y2, b.y2) - fmax(a.y1, b.y1), T(0));
-  const T inter = mul_rn(w, h);
-  return inter / (a.area + b.area - inter) > threshold;
-}
+using DeviceBox = AreaBox<T>;
 
 // Runs a cub algorithm: a size query, then the call with temporary storage from torch's allocator.
 template <typename CubCall>
@@ -110,119 +80,113 @@ __global__ void class_keys_kernel(const int64_t* __restrict__ idxs, const int32_
   }
 }
 
-// For each processing position q (class-major, score order inside a class): its box, whether its
-// score is NaN (such boxes start out removed) and the last mask word of its class.
-template <typename scalar_t, typename key_t>
-__global__ void nms_prepare_kernel(const scalar_t* __restrict__ boxes, const key_t* __restrict__ keys_by_rank,
-                                   const int32_t* __restrict__ order, const int32_t* __restrict__ rank_of,
-                                   const uint64_t* __restrict__ class_keys, int64_t n,
-                                   at::opmath_type<scalar_t>* __restrict__ sorted_boxes,
-                                   unsigned long long* __restrict__ invalid, int32_t* __restrict__ last_word) {
+// For each processing position q (class-major, score order inside a class): its box with its area, its
+// segment, and what the scans need (row length, chunk start); the longest segment's chunk count.
+template <typename scalar_t>
+__global__ void nms_prepare_kernel(const scalar_t* __restrict__ boxes, const int32_t* __restrict__ order,
+                                   const int32_t* __restrict__ rank_of, const uint64_t* __restrict__ class_keys,
+                                   int64_t n, DeviceBox<at::opmath_type<scalar_t>>* __restrict__ sorted_boxes,
+                                   int32_t* __restrict__ seg_begin, int32_t* __restrict__ seg_end,
+                                   int64_t* __restrict__ row_words, int32_t* __restrict__ chunk_heads,
+                                   int* __restrict__ max_chunks) {
   using acc_t = at::opmath_type<scalar_t>;
   PYDET_CUDA_1D_LOOP(q, n) {
-    const int64_t r = rank_of ? rank_of[q] : q;
-    const int64_t i = order[r];
-    for (int k = 0; k < 4; ++k) sorted_boxes[4 * q + k] = static_cast<acc_t>(boxes[4 * i + k]);
-    if (keys_by_rank[r] == 0) atomicOr(invalid + (q >> 6), 1ull << (q & 63));
-    int64_t end = n;
-    if (class_keys) {  // first position of a later class
-      const uint64_t key = class_keys[q];
-      int64_t lo = q + 1;
-      while (lo < end) {
-        const int64_t mid = lo + (end - lo) / 2;
-        if (class_keys[mid] <= key) lo = mid + 1; else end = mid;
-      }
-    }
-    last_word[q] = static_cast<int32_t>((end - 1) >> 6);
+    const int64_t i = order[rank_of ? rank_of[q] : q];
+    sorted_boxes[q] = area_box<acc_t>(boxes + 4 * i);
+    int64_t begin, end;
+    segmented_nms::segment_of(class_keys, n, q, begin, end);
+    seg_begin[q] = static_cast<int32_t>(begin);
+    seg_end[q] = static_cast<int32_t>(end);
+    row_words[q] = segmented_nms::row_words(begin, end);
+    chunk_heads[q] = segmented_nms::starts_chunk(q, begin);
+    if (q == begin) atomicMax(max_chunks, static_cast<int>(segmented_nms::chunks_of(end - begin)));
   }
 }
 
-// mask[i][w] bit j: box i suppresses box 64 * w + j (a later box of the same class with IoU > threshold).
+// The sizes the host needs to launch the rest: mask words, chunks, longest segment in chunks.
+__global__ void nms_sizes_kernel(const int64_t* __restrict__ row_offset, const int32_t* __restrict__ chunk_id,
+                                 const int* __restrict__ max_chunks, int64_t n, int64_t* __restrict__ sizes) {
+  sizes[0] = row_offset[n];
+  sizes[1] = chunk_id[n - 1] + 1;
+  sizes[2] = *max_chunks;
+}
+
+// Chunk starts, and NaN scores marked removed before the walk (such boxes are never kept).
+template <typename key_t>
+__global__ void nms_chunks_kernel(SegmentTables t, const key_t* __restrict__ keys_by_rank,
+                                  const int32_t* __restrict__ rank_of, int64_t n, int32_t* __restrict__ chunk_first,
+                                  unsigned long long* __restrict__ removed) {
+  PYDET_CUDA_1D_LOOP(q, n) {
+    const int64_t begin = t.seg_begin[q];
+    if (segmented_nms::starts_chunk(q, begin)) chunk_first[t.chunk_id[q]] = static_cast<int32_t>(q);
+    if (keys_by_rank[rank_of ? rank_of[q] : q] == 0) atomicOr(removed + t.chunk_id[q], segmented_nms::chunk_bit(q, begin));
+  }
+}
+
+// Grid (chunks, longest segment in chunks), kTile threads: one tile of one segment's mask per block.
 template <typename T>
-__global__ void __launch_bounds__(kTile) nms_mask_kernel(const T* __restrict__ boxes,
-                                                         const uint64_t* __restrict__ class_keys, int64_t n,
-                                                         int64_t words, T threshold, uint64_t* __restrict__ mask) {
-  const int64_t row_block = blockIdx.y, col_block = blockIdx.x;
-  if (col_block < row_block) return;
-  const int64_t row_start = row_block * kTile, col_start = col_block * kTile;
-  const int rows = static_cast<int>(std::min<int64_t>(n - row_start, kTile));
-  const int cols = static_cast<int>(std::min<int64_t>(n - col_start, kTile));
-  // Classes are sorted, so a later column block shares a class with this row block only if its
-  // first box has the class of the row block's last box. Skipped tiles are never read.
-  if (class_keys && col_block != row_block && class_keys[col_start] != class_keys[row_start + rows - 1]) return;
-
-  __shared__ DeviceBox<T> col_boxes[kTile];
-  __shared__ uint64_t col_classes[kTile];
-  const int t = threadIdx.x;
-  if (t < cols) {
-    const T* b = boxes + 4 * (col_start + t);
-    col_boxes[t] = make_box(b[0], b[1], b[2], b[3]);
-    col_classes[t] = class_keys ? class_keys[col_start + t] : 0;
-  }
+__global__ void __launch_bounds__(kTile) nms_mask_kernel(SegmentTables t, const DeviceBox<T>* __restrict__ boxes,
+                                                         T threshold, uint64_t* __restrict__ mask) {
+  segmented_nms::MaskTile tile;
+  if (!segmented_nms::mask_tile(t, blockIdx.x, blockIdx.y, tile)) return;
+  __shared__ DeviceBox<T> cols[kTile];
+  const int i = threadIdx.x;
+  if (i < tile.cols) cols[i] = boxes[tile.first_col + i];
   __syncthreads();
-  if (t >= rows) return;
-  const T* b = boxes + 4 * (row_start + t);
-  const DeviceBox<T> row = make_box(b[0], b[1], b[2], b[3]);
-  const uint64_t row_class = class_keys ? class_keys[row_start + t] : 0;
-  uint64_t bits = 0;
-  for (int j = col_block == row_block ? t + 1 : 0; j < cols; ++j) {
-    if (col_classes[j] == row_class && iou_above(row, col_boxes[j], threshold)) bits |= 1ull << j;
-  }
-  mask[(row_start + t) * words + col_block] = bits;
+  if (i >= tile.rows) return;
+  const int64_t q = tile.first_row + i;
+  mask[t.row_offset[q] + tile.chunk] = segmented_nms::tile_row_bits(boxes[q], i, cols, tile, threshold);
 }
 
-// Walks the mask in 64-box steps: warp 0 resolves a step's boxes among themselves from the diagonal
-// words (held in registers, shuffled), then all threads fold the kept boxes' rows into the removed
-// words of later steps, up to the end of each box's class. Two barriers per 64 boxes.
-__global__ void __launch_bounds__(kGatherThreads) nms_gather_kernel(
-    const uint64_t* __restrict__ mask, const uint64_t* __restrict__ invalid, const int32_t* __restrict__ last_word,
-    int64_t n, int64_t words, uint64_t* global_removed, uint64_t* __restrict__ kept_words) {
-  extern __shared__ uint64_t shared_removed[];
+__device__ __forceinline__ uint64_t warp_or(uint64_t v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v |= __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// One block per chunk; the block of a segment's first chunk walks that segment (segments in parallel).
+// removed/kept are per global chunk; removed is read and written by this block only.
+__global__ void __launch_bounds__(kMaxWalkWarps * 32) nms_walk_kernel(SegmentTables t,
+                                                                      const uint64_t* __restrict__ mask,
+                                                                      uint64_t* removed,
+                                                                      uint64_t* __restrict__ kept_words) {
+  int64_t begin, end;
+  const int64_t r = blockIdx.x;
+  if (!segmented_nms::segment_walk(t, r, begin, end)) return;
   __shared__ uint64_t step_kept;
-  uint64_t* removed = global_removed ? global_removed : shared_removed;
-  for (int64_t w = threadIdx.x; w < words; w += blockDim.x) removed[w] = invalid[w];
-  __syncthreads();
-  const int lane = threadIdx.x & 31;
-  for (int64_t step = 0; step < words; ++step) {
-    const int64_t first = step * kTile;
-    const int rows = static_cast<int>(std::min<int64_t>(n - first, kTile));
-    if (threadIdx.x < 32) {
-      const uint64_t diag_lo = lane < rows ? mask[(first + lane) * words + step] : 0;
-      const uint64_t diag_hi = lane + 32 < rows ? mask[(first + lane + 32) * words + step] : 0;
-      uint64_t gone = removed[step];
-      uint64_t kept = 0;
-      for (int k = 0; k < rows; ++k) {
-        const uint64_t diag = __shfl_sync(0xffffffffu, k < 32 ? diag_lo : diag_hi, k & 31);
-        if (!((gone >> k) & 1)) {
-          kept |= 1ull << k;
-          gone |= diag;
-        }
-      }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const int64_t steps = segmented_nms::chunks_of(end - begin);
+  for (int64_t step = 0; step < steps; ++step) {
+    const int64_t first = begin + step * kTile;
+    const int rows = static_cast<int>(end - first < kTile ? end - first : kTile);
+    if (warp == 0) {
+      const uint64_t lo = lane < rows ? mask[t.row_offset[first + lane] + step] : 0;
+      const uint64_t hi = lane + 32 < rows ? mask[t.row_offset[first + lane + 32] + step] : 0;
+      const uint64_t kept = segmented_nms::resolve_step(removed[r + step], rows, [&](int k) {
+        return __shfl_sync(0xffffffffu, k < 32 ? lo : hi, k & 31);
+      });
       if (lane == 0) {
         step_kept = kept;
-        kept_words[step] = kept;
+        kept_words[r + step] = kept;
       }
     }
     __syncthreads();
     const uint64_t kept = step_kept;
-    // The last kept box has the furthest class end (classes are sorted).
-    const int64_t last = kept ? last_word[first + 63 - __clzll(static_cast<long long>(kept))] : step;
-    for (int64_t w = step + 1 + threadIdx.x; w <= last; w += blockDim.x) {
-      uint64_t acc = removed[w];
-      for (uint64_t bits = kept; bits != 0; bits &= bits - 1) {
-        const int64_t i = first + __ffsll(static_cast<long long>(bits)) - 1;
-        if (w <= last_word[i]) acc |= mask[i * words + w];
-      }
-      removed[w] = acc;
+    for (int64_t w = step + 1 + warp; kept != 0 && w < steps; w += warps) {
+      const uint64_t share =
+          segmented_nms::fold_share(kept, lane, [&](int k) { return mask[t.row_offset[first + k] + w]; });
+      const uint64_t acc = warp_or(share);
+      if (lane == 0) removed[r + w] |= acc;
     }
-    __syncthreads();
+    __syncthreads();  // later words complete before the next step reads them; step_kept free again
   }
 }
 
-__global__ void kept_by_rank_kernel(const uint64_t* __restrict__ kept_words, const int32_t* __restrict__ rank_of,
-                                    int64_t n, uint8_t* __restrict__ kept) {
+__global__ void kept_by_rank_kernel(SegmentTables t, const uint64_t* __restrict__ kept_words,
+                                    const int32_t* __restrict__ rank_of, int64_t n, uint8_t* __restrict__ kept) {
   PYDET_CUDA_1D_LOOP(q, n) {
-    kept[rank_of ? rank_of[q] : q] = static_cast<uint8_t>((kept_words[q >> 6] >> (q & 63)) & 1);
+    const bool k = (kept_words[t.chunk_id[q]] & segmented_nms::chunk_bit(q, t.seg_begin[q])) != 0;
+    kept[rank_of ? rank_of[q] : q] = static_cast<uint8_t>(k);
   }
 }
 
@@ -233,7 +197,6 @@ at::Tensor nms_cuda_typed(const at::Tensor& boxes, const at::Tensor& scores, con
   using key_t = score_key_t<acc_t>;
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t n = boxes.size(0);
-  const int64_t words = cuda::ceil_div(n, kTile);
   const auto int_opts = boxes.options().dtype(at::kInt);
   const auto long_opts = boxes.options().dtype(at::kLong);
   const auto key_dtype = sizeof(key_t) == 8 ? at::kLong : at::kInt;
@@ -275,36 +238,68 @@ at::Tensor nms_cuda_typed(const at::Tensor& boxes, const at::Tensor& scores, con
   const auto* class_ptr = idxs ? reinterpret_cast<const uint64_t*>(class_keys.const_data_ptr()) : nullptr;
   const int32_t* rank_ptr = idxs ? rank_of.const_data_ptr<int32_t>() : nullptr;
 
-  const at::Tensor sorted_boxes = at::empty({n, 4}, boxes.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-  auto invalid = at::zeros({words}, long_opts);
-  auto last_word = at::empty({n}, int_opts);
-  nms_prepare_kernel<<<cuda::blocks_for(n), cuda::kThreadsPerBlock, 0, stream>>>(
-      boxes.const_data_ptr<scalar_t>(), reinterpret_cast<const key_t*>(keys_by_rank.const_data_ptr()),
-      order.const_data_ptr<int32_t>(), rank_ptr, class_ptr, n, sorted_boxes.mutable_data_ptr<acc_t>(),
-      reinterpret_cast<unsigned long long*>(invalid.mutable_data_ptr()), last_word.mutable_data_ptr<int32_t>());
+  // Segments, row lengths and chunk starts per position; scans turn them into offsets and chunk ids.
+  auto sorted_boxes = at::empty({n * static_cast<int64_t>(sizeof(DeviceBox<acc_t>))}, boxes.options().dtype(at::kByte));
+  auto* box_ptr = reinterpret_cast<DeviceBox<acc_t>*>(sorted_boxes.mutable_data_ptr());
+  auto seg_begin = at::empty({n}, int_opts), seg_end = at::empty({n}, int_opts);
+  auto row_words = at::zeros({n + 1}, long_opts), row_offset = at::empty({n + 1}, long_opts);
+  auto chunk_heads = at::empty({n}, int_opts), chunk_id = at::empty({n}, int_opts);
+  auto max_chunks = at::zeros({1}, int_opts);
+  nms_prepare_kernel<scalar_t><<<cuda::blocks_for(n), cuda::kThreadsPerBlock, 0, stream>>>(
+      boxes.const_data_ptr<scalar_t>(), order.const_data_ptr<int32_t>(), rank_ptr, class_ptr, n, box_ptr,
+      seg_begin.mutable_data_ptr<int32_t>(), seg_end.mutable_data_ptr<int32_t>(),
+      row_words.mutable_data_ptr<int64_t>(), chunk_heads.mutable_data_ptr<int32_t>(),
+      max_chunks.mutable_data_ptr<int>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  cub_run(boxes, [&](void* temp, size_t& bytes) {
+    return cub::DeviceScan::ExclusiveSum(temp, bytes, row_words.const_data_ptr<int64_t>(),
+                                         row_offset.mutable_data_ptr<int64_t>(), static_cast<int>(n + 1), stream);
+  });
+  cub_run(boxes, [&](void* temp, size_t& bytes) {
+    return cub::DeviceScan::InclusiveSum(temp, bytes, chunk_heads.const_data_ptr<int32_t>(),
+                                         chunk_id.mutable_data_ptr<int32_t>(), static_cast<int>(n), stream);
+  });
+  // chunk_id counts from 1 after the inclusive scan; the kernels want it from 0.
+  chunk_id.sub_(1);
+  auto sizes = at::empty({3}, long_opts);
+  nms_sizes_kernel<<<1, 1, 0, stream>>>(row_offset.const_data_ptr<int64_t>(), chunk_id.const_data_ptr<int32_t>(),
+                                        max_chunks.const_data_ptr<int>(), n, sizes.mutable_data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const auto host_sizes = sizes.cpu();  // the first host sync: the mask's size depends on the classes
+  const int64_t mask_words = host_sizes.const_data_ptr<int64_t>()[0];
+  const int64_t chunks = host_sizes.const_data_ptr<int64_t>()[1];
+  const int64_t longest = host_sizes.const_data_ptr<int64_t>()[2];
+  TORCH_CHECK_VALUE(longest <= 65535, "nms on CUDA supports up to ", 65535 * kTile, " boxes per class, got ",
+                    longest * kTile - kTile + 1, " or more");
+
+  auto chunk_first = at::empty({chunks}, int_opts);
+  auto removed = at::zeros({chunks}, long_opts);
+  const SegmentTables tables{seg_begin.const_data_ptr<int32_t>(), seg_end.const_data_ptr<int32_t>(),
+                             row_offset.const_data_ptr<int64_t>(), chunk_id.const_data_ptr<int32_t>(),
+                             chunk_first.const_data_ptr<int32_t>()};
+  nms_chunks_kernel<key_t><<<cuda::blocks_for(n), cuda::kThreadsPerBlock, 0, stream>>>(
+      tables, reinterpret_cast<const key_t*>(keys_by_rank.const_data_ptr()), rank_ptr, n,
+      chunk_first.mutable_data_ptr<int32_t>(), reinterpret_cast<unsigned long long*>(removed.mutable_data_ptr()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
-  auto mask = at::empty({n, words}, long_opts);
+  auto mask = at::empty({std::max<int64_t>(mask_words, 1)}, long_opts);
   auto* mask_ptr = reinterpret_cast<uint64_t*>(mask.mutable_data_ptr());
-  nms_mask_kernel<<<dim3(static_cast<unsigned>(words), static_cast<unsigned>(words)), kTile, 0, stream>>>(
-      sorted_boxes.const_data_ptr<acc_t>(), class_ptr, n, words, threshold_at_or_below<acc_t>(iou_threshold),
-      mask_ptr);
+  nms_mask_kernel<acc_t><<<dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(longest)), kTile, 0, stream>>>(
+      tables, box_ptr, threshold_at_or_below<acc_t>(iou_threshold), mask_ptr);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
-  auto kept_words = at::empty({words}, long_opts);
-  // The kernel's own static shared memory counts against the same 48 KiB as the dynamic part.
-  const bool in_shared = words * 8 + kGatherStaticSharedBytes <= kMaxSharedBytes;
-  at::Tensor removed = in_shared ? at::Tensor() : at::empty({words}, long_opts);
-  nms_gather_kernel<<<1, kGatherThreads, in_shared ? words * 8 : 0, stream>>>(
-      mask_ptr, reinterpret_cast<const uint64_t*>(invalid.const_data_ptr()), last_word.const_data_ptr<int32_t>(), n,
-      words, in_shared ? nullptr : reinterpret_cast<uint64_t*>(removed.mutable_data_ptr()),
+  // Enough warps to fold the longest segment's later words, one word per warp.
+  const int walk_warps = static_cast<int>(std::clamp<int64_t>(longest - 1, 1, kMaxWalkWarps));
+  auto kept_words = at::empty({chunks}, long_opts);
+  nms_walk_kernel<<<static_cast<unsigned>(chunks), walk_warps * 32, 0, stream>>>(
+      tables, mask_ptr, reinterpret_cast<uint64_t*>(removed.mutable_data_ptr()),
       reinterpret_cast<uint64_t*>(kept_words.mutable_data_ptr()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
-  // Kept original indices in score order; the one host sync reads their count.
+  // Kept original indices in score order; the second host sync reads their count.
   auto kept = at::empty({n}, boxes.options().dtype(at::kByte));
   kept_by_rank_kernel<<<cuda::blocks_for(n), cuda::kThreadsPerBlock, 0, stream>>>(
-      reinterpret_cast<const uint64_t*>(kept_words.const_data_ptr()), rank_ptr, n,
+      tables, reinterpret_cast<const uint64_t*>(kept_words.const_data_ptr()), rank_ptr, n,
       kept.mutable_data_ptr<uint8_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   auto selected = at::empty({n}, int_opts);
@@ -320,12 +315,11 @@ at::Tensor nms_cuda_typed(const at::Tensor& boxes, const at::Tensor& scores, con
 
 at::Tensor nms_cuda_common(const at::Tensor& boxes_in, const at::Tensor& scores_in, const at::Tensor* idxs,
                            double iou_threshold) {
+  check_nms_args(boxes_in, scores_in, idxs, iou_threshold);
   const c10::cuda::CUDAGuard guard(boxes_in.device());
   const int64_t n = boxes_in.size(0);
   if (n == 0) return at::empty({0}, boxes_in.options().dtype(at::kLong));
-  // The mask grid has one row of tiles per 64 boxes (gridDim.y).
-  TORCH_CHECK_VALUE(cuda::ceil_div(n, kTile) <= 65535, "nms on CUDA supports up to ", 65535 * kTile,
-                    " boxes, got ", n);
+  TORCH_CHECK_VALUE(n < std::numeric_limits<int32_t>::max(), "nms on CUDA supports fewer than 2^31 boxes, got ", n);
   const auto boxes = boxes_in.contiguous();
   const auto scores = scores_in.contiguous();
   at::Tensor out;
@@ -336,14 +330,11 @@ at::Tensor nms_cuda_common(const at::Tensor& boxes_in, const at::Tensor& scores_
 }
 
 at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
-  check_nms_args(boxes, scores, iou_threshold);
   return nms_cuda_common(boxes, scores, nullptr, iou_threshold);
 }
 
 at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
                             double iou_threshold) {
-  check_nms_args(boxes, scores, iou_threshold);
-  check_nms_idxs(boxes, idxs);
   return nms_cuda_common(boxes, scores, &idxs, iou_threshold);
 }
 
@@ -429,7 +420,7 @@ __global__ void __launch_bounds__(kChunk) multiclass_nms_kernel(
       label = static_cast<int32_t>(local % layout.num_classes);
       src = boxes + 4 * (layout.boxes_per_class ? (b * layout.num_boxes + n) * layout.num_classes + label
                                                 : b * layout.num_boxes + n);
-      box = make_box<acc_t>(src[0], src[1], src[2], src[3]);
+      box = area_box<acc_t>(src);
     }
     const int32_t group = layout.class_agnostic ? 0 : label;
     for (int64_t k = 0; survives && k < num_kept; ++k) {

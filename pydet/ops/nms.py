@@ -94,18 +94,47 @@ def multiclass_nms(boxes: Tensor, scores: Tensor, score_threshold: float, iou_th
         _positive_int(max_per_image, "max_per_image"), bool(class_agnostic), topk)
 
 
+# Fake kernels check what the C++ entry points check (csrc/nms.h), so that tracing, torch.compile and
+# export fail where the eager call would, naming the argument.
+def _fake_check_nms(boxes, scores, idxs, iou_threshold) -> None:
+    torch._check(boxes.dim() == 2 and boxes.shape[1] == 4, lambda: f"boxes must have shape [N, 4], got {boxes.shape}")
+    torch._check(boxes.dtype.is_floating_point, lambda: f"boxes must be floating point, got {boxes.dtype}")
+    torch._check(scores.dim() == 1 and scores.shape[0] == boxes.shape[0],
+                 lambda: f"scores must have shape [N] matching boxes {boxes.shape}, got {scores.shape}")
+    torch._check(scores.dtype == boxes.dtype, lambda: f"boxes and scores must have the same dtype, got "
+                 f"{boxes.dtype} and {scores.dtype}")
+    torch._check(scores.device == boxes.device, lambda: "boxes and scores must be on the same device")
+    torch._check(iou_threshold == iou_threshold, lambda: "iou_threshold must not be NaN")
+    if idxs is not None:
+        torch._check(idxs.dim() == 1 and idxs.shape[0] == boxes.shape[0],
+                     lambda: f"idxs must have shape [N] matching boxes {boxes.shape}, got {idxs.shape}")
+        torch._check(idxs.dtype in INTEGER, lambda: f"idxs must be an integer tensor, got {idxs.dtype}")
+        torch._check(idxs.device == boxes.device, lambda: "boxes and idxs must be on the same device")
+
+
 @torch.library.register_fake("pydet::nms")
 def _(boxes, scores, iou_threshold):
+    _fake_check_nms(boxes, scores, None, iou_threshold)
     return boxes.new_empty(torch.library.get_ctx().new_dynamic_size(), dtype=torch.int64)
 
 
 @torch.library.register_fake("pydet::batched_nms")
 def _(boxes, scores, idxs, iou_threshold):
+    _fake_check_nms(boxes, scores, idxs, iou_threshold)
     return boxes.new_empty(torch.library.get_ctx().new_dynamic_size(), dtype=torch.int64)
 
 
 @torch.library.register_fake("pydet::multiclass_nms")
 def _(boxes, scores, score_threshold, iou_threshold, max_per_image, class_agnostic, pre_nms_topk):
+    torch._check(scores.dim() == 3, lambda: f"scores must have shape [B, N, C], got {scores.shape}")
+    torch._check(tuple(boxes.shape) in ((*scores.shape[:2], 4), (*scores.shape, 4)),
+                 lambda: f"boxes must have shape [B, N, 4] or [B, N, C, 4] for scores {scores.shape}, got {boxes.shape}")
+    torch._check(scores.dtype.is_floating_point and boxes.dtype == scores.dtype,
+                 lambda: f"boxes and scores must have the same floating dtype, got {boxes.dtype} and {scores.dtype}")
+    torch._check(scores.device == boxes.device, lambda: "boxes and scores must be on the same device")
+    torch._check(score_threshold == score_threshold, lambda: "score_threshold must not be NaN")
+    torch._check(iou_threshold == iou_threshold, lambda: "iou_threshold must not be NaN")
+    torch._check(max_per_image > 0, lambda: f"max_per_image must be positive, got {max_per_image}")
     batch = scores.shape[0]
     return (boxes.new_empty(batch, max_per_image, 4), scores.new_empty(batch, max_per_image),
             scores.new_empty(batch, max_per_image, dtype=torch.int64), scores.new_empty(batch, dtype=torch.int64))

@@ -11,9 +11,10 @@ Behaviour worth knowing (all as in torchvision unless said otherwise):
 * Samples further than one pixel outside the feature map read zero; boxes partly or wholly outside the
   map are fine. Boxes with NaN coordinates give zeros and no gradient.
 * Batch indices (column 0 of ``[K, 5]`` rois) must be integers in ``[0, N)``. The CPU kernel raises a
-  ``ValueError``. On CUDA they are checked inside the kernel, without a host sync: a bad index stops the
-  kernel with a device-side assert, like PyTorch's own indexing ops. Boxes given as a list of ``[L, 4]``
-  tensors get valid indices by construction.
+  ``ValueError``. On CUDA a check would cost a host sync per call (tens of microseconds, of the order of
+  the kernel at Faster R-CNN sizes) and a device-side assert would leave the CUDA context unusable,
+  so the CUDA kernels do neither: a RoI with a bad index pools NaN (visible in any loss or output) and
+  passes no gradient. Boxes given as a list of ``[L, 4]`` tensors get valid indices by construction.
 * Half and bfloat16 inputs are computed in float32 and rounded once. Under autocast the op runs in
   float32 and returns the input's dtype, like torchvision.
 * The CUDA backward uses atomics, unless ``torch.use_deterministic_algorithms(True)`` is on: then it

@@ -481,3 +481,41 @@ def test_cuda_deterministic_backward_of_a_near_empty_box_half_a_pixel_outside():
     assert cpu.abs().sum() > 0
     torch.testing.assert_close(atomic, cpu, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(gathered, cpu, rtol=1e-5, atol=1e-5)
+
+
+@requires_cuda
+def test_cuda_bad_batch_index_poisons_its_roi_and_keeps_the_context():
+    x = torch.rand(2, 3, 8, 8, device="cuda", requires_grad=True)
+    bad = torch.tensor([[0.0, 0, 0, 4, 4], [2.0, 0, 0, 4, 4], [0.5, 1, 1, 5, 5]], device="cuda")
+    out = ops.roi_align(x, bad, 2)
+    assert torch.isnan(out[1:]).all()
+    torch.testing.assert_close(out[0], ops.roi_align(x.detach().cpu(), bad[:1].cpu(), 2)[0].cuda())
+    out[:1].sum().backward()  # the bad RoIs pass no gradient
+    expected = torch.autograd.grad(ops.roi_align(x, bad[:1], 2).sum(), x)[0]
+    torch.testing.assert_close(x.grad, expected)
+    torch.cuda.synchronize()  # no device-side assert: the context still works
+    assert torch.ones(1, device="cuda").item() == 1
+
+
+# The CUDA kernels' paths: per-RoI tables (the usual case), the per-sample fallback (bins above 64 per
+# side, or more than 1024 table entries from huge adaptive sample counts), and in the gather backward
+# pixels covered by more than 4 bins per axis (RoIs smaller than a pixel).
+@requires_cuda
+@pytest.mark.parametrize("case", ["tables", "many_bins", "huge_adaptive", "subpixel"])
+def test_cuda_kernel_paths_match_cpu(case):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 40, 48, 64, generator=g, dtype=torch.float64)
+    boxes = {"tables": random_boxes(30, image_size=250.0, max_side=120.0, generator=g, dtype=torch.float64),
+             "many_bins": random_boxes(6, image_size=250.0, max_side=200.0, generator=g, dtype=torch.float64),
+             # 600 feature pixels in 17 bins: 36 samples per bin side, 17 x 64 column entries > 1024.
+             "huge_adaptive": torch.tensor([[0.0, 0.0, 2400.0, 2400.0], [100.0, 50.0, 2000.0, 1500.0]], dtype=torch.float64),
+             "subpixel": torch.tensor([[40.0, 40.0, 41.5, 41.0], [8.0, 100.0, 9.0, 100.5]], dtype=torch.float64)}[case]
+    rois = torch.cat([torch.arange(len(boxes), dtype=torch.float64)[:, None] % 2, boxes], 1)
+    size, sampling = {"tables": (7, 2), "many_bins": (70, 2), "huge_adaptive": (17, -1), "subpixel": (14, -1)}[case]
+    for aligned in (False, True):
+        cpu = ops.roi_align(x, rois, size, 0.25, sampling, aligned)
+        torch.testing.assert_close(ops.roi_align(x.cuda(), rois.cuda(), size, 0.25, sampling, aligned).cpu(), cpu)
+        grad_out = torch.randn(cpu.shape, generator=g, dtype=torch.float64)
+        want, atomic, gathered = _backward_three_ways(grad_out, rois, 0.25, (2, 40, 48, 64), sampling, aligned)
+        torch.testing.assert_close(atomic, want)
+        torch.testing.assert_close(gathered, want)
