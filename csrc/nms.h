@@ -213,6 +213,7 @@ inline void check_multiclass_nms_args(const at::Tensor& boxes, const at::Tensor&
   TORCH_CHECK_VALUE(!std::isnan(opt.score_threshold), "score_threshold must not be NaN");
   TORCH_CHECK_VALUE(!std::isnan(opt.iou_threshold), "iou_threshold must not be NaN");
   TORCH_CHECK_VALUE(opt.max_per_image > 0, "max_per_image must be positive, got ", opt.max_per_image);
+  TORCH_CHECK_VALUE(opt.pre_nms_topk != 0, "pre_nms_topk must be positive (or negative for no limit), got 0");
 }
 
 }  // namespace pydet

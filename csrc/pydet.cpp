@@ -4,12 +4,16 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(pydet, m) {
+  // Each group's fake kernels and autograd formulas live in its Python module, which torch imports when
+  // an op needs them (so torch.ops.pydet.* traces and exports without `import pydet.ops` first).
   // ---- boxes: pairwise IoU and the R-CNN box coder (pydet/ops/boxes.py) ----
+  m.set_python_module("pydet.ops.boxes");
   m.def("box_iou(Tensor boxes1, Tensor boxes2) -> Tensor");
   m.def("encode_boxes(Tensor reference_boxes, Tensor proposals, float[] weights) -> Tensor");
   m.def("decode_boxes(Tensor rel_codes, Tensor boxes, float[] weights, float scale_clamp) -> Tensor");
 
   // ---- anchors and grid points (pydet/ops/anchors.py) ----
+  m.set_python_module("pydet.ops.anchors");
   // feature_sizes and strides are flattened (h, w) pairs, one pair per level.
   m.def("grid_anchors(Tensor[] cell_anchors, int[] feature_sizes, int[] strides) -> Tensor[]");
   m.def(
@@ -17,6 +21,7 @@ TORCH_LIBRARY(pydet, m) {
       "Device? device=None) -> Tensor[]");
 
   // ---- non-maximum suppression (pydet/ops/nms.py) ----
+  m.set_python_module("pydet.ops.nms");
   // Greedy NMS, torchvision semantics; indices of kept boxes by decreasing score.
   m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
   m.def("batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");
@@ -26,6 +31,7 @@ TORCH_LIBRARY(pydet, m) {
       "bool class_agnostic, int pre_nms_topk) -> (Tensor, Tensor, Tensor, Tensor)");
 
   // ---- RoIAlign (pydet/ops/roi_align.py) ----
+  m.set_python_module("pydet.ops.roi_align");
   // rois: [K, 5] rows (batch index, x1, y1, x2, y2). The multi-scale form pools RoI k from
   // features[levels[k]] (RoIs with a level outside the list give zeros) in one kernel, without host syncs.
   m.def(
@@ -43,6 +49,7 @@ TORCH_LIBRARY(pydet, m) {
       "SymInt[] widths, int sampling_ratio, bool aligned) -> Tensor[]");
 
   // ---- mask pasting (pydet/ops/paste_masks.py) ----
+  m.set_python_module("pydet.ops.paste_masks");
   // threshold=None returns probabilities in the masks' dtype, a float returns bool (value >= threshold).
   m.def("paste_masks(Tensor masks, Tensor boxes, int height, int width, float? threshold) -> Tensor");
   // The same binary masks as COCO RLE: (chars uint8, offsets int64 [N + 1]), mask i's compressed counts
@@ -50,6 +57,7 @@ TORCH_LIBRARY(pydet, m) {
   m.def("paste_masks_rle(Tensor masks, Tensor boxes, int height, int width, float threshold) -> (Tensor, Tensor)");
 
   // ---- FCOS target assignment (pydet/ops/fcos_targets.py) ----
+  m.set_python_module("pydet.ops.fcos_targets");
   // Returns (labels, reg_targets, matched_gt). The batched form takes gt_boxes [B, M, 4] padded per
   // image, of which the first num_gt[b] rows are real.
   m.def(
@@ -58,4 +66,13 @@ TORCH_LIBRARY(pydet, m) {
   m.def(
       "fcos_targets_batched(Tensor points, Tensor strides, Tensor size_ranges, Tensor gt_boxes, "
       "Tensor gt_labels, Tensor num_gt, int num_classes, float center_sampling_radius) -> (Tensor, Tensor, Tensor)");
+}
+
+// Ops whose outputs are selections, targets or masks, not functions to differentiate: they record no
+// autograd history, so their outputs never claim to require grad (the default for an op without an
+// autograd formula marks them as requiring grad, and fails only at backward).
+TORCH_LIBRARY_IMPL(pydet, Autograd, m) {
+  for (const char* name : {"multiclass_nms", "paste_masks", "paste_masks_rle", "fcos_targets", "fcos_targets_batched"}) {
+    m.impl(name, torch::CppFunction::makeFallthrough());
+  }
 }

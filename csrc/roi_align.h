@@ -25,6 +25,9 @@ namespace pydet::roi_align {
 // the sample count of absurd boxes (1e30 pixels) in range: reaching it needs a bin wider than 65536
 // feature pixels.
 constexpr int64_t kMaxSamplesPerSide = 1 << 16;
+// An explicit sampling_ratio above this is refused: 64 x 64 samples per bin already average far finer than
+// any feature map needs, and a mistyped huge value would run for minutes.
+constexpr int64_t kMaxSamplingRatio = 64;
 
 template <typename T>
 struct RoiGrid {
@@ -292,10 +295,13 @@ inline void check_feature_shapes(int64_t batch_size, int64_t channels, c10::Arra
 
 // Everything a forward entry point (CPU or CUDA) checks; levels is null for the single-level op.
 inline void check_forward_args(at::TensorList features, const at::Tensor& rois, const at::Tensor* levels,
-                               c10::ArrayRef<double> scales, int64_t pooled_h, int64_t pooled_w) {
+                               c10::ArrayRef<double> scales, int64_t pooled_h, int64_t pooled_w,
+                               int64_t sampling_ratio) {
   check_features(features, rois, scales);
   if (levels) check_levels(*levels, rois);
   check_pooling(pooled_h, pooled_w);
+  TORCH_CHECK_VALUE(sampling_ratio <= kMaxSamplingRatio, "sampling_ratio must be at most ", kMaxSamplingRatio,
+                    " samples per bin side (or <= 0 for adaptive sampling), got ", sampling_ratio);
 }
 
 // Everything a backward entry point (CPU or CUDA) checks; levels is null for the single-level op.

@@ -47,6 +47,20 @@ void assign_image(const scalar_t* points, const scalar_t* strides, const scalar_
   });
 }
 
+// A label outside [0, num_classes) would pass through to the targets (or read as "unmatched" when it
+// equals num_classes): refused, for the real boxes of each image.
+void check_labels_in_range(const at::Tensor& gt_labels, const std::vector<int64_t>& num_gt, int64_t num_classes) {
+  const int64_t max_boxes = gt_labels.size(1);
+  const int64_t* data = gt_labels.const_data_ptr<int64_t>();
+  for (size_t b = 0; b < num_gt.size(); ++b) {
+    for (int64_t m = 0; m < num_gt[b]; ++m) {
+      const int64_t label = data[b * max_boxes + m];
+      TORCH_CHECK_VALUE(label >= 0 && label < num_classes, "gt_labels must be in [0, num_classes) = [0, ",
+                        num_classes, "), got ", label);
+    }
+  }
+}
+
 // Both ops: gt_boxes [B, M, 4], gt_labels [B, M], and per image the number of real boxes.
 Targets assign_batch(const at::Tensor& points_in, const at::Tensor& strides_in, const at::Tensor& size_ranges_in,
                      const at::Tensor& gt_boxes_in, const at::Tensor& gt_labels_in, const std::vector<int64_t>& num_gt,
@@ -54,6 +68,7 @@ Targets assign_batch(const at::Tensor& points_in, const at::Tensor& strides_in, 
   const auto points = points_in.contiguous(), strides = strides_in.contiguous();
   const auto size_ranges = size_ranges_in.contiguous(), gt_boxes = gt_boxes_in.contiguous();
   const auto gt_labels = gt_labels_in.contiguous();
+  check_labels_in_range(gt_labels, num_gt, num_classes);
   const int64_t batch = gt_boxes.size(0), max_boxes = gt_boxes.size(1), num_points = points.size(0);
   auto labels = at::empty({batch, num_points}, gt_labels.options());
   auto reg = at::empty({batch, num_points, 4}, points.options());

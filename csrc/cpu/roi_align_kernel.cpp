@@ -519,7 +519,7 @@ std::vector<at::Tensor> multi_scale_backward_cpu(const at::Tensor& grad_in, cons
 
 at::Tensor roi_align_cpu(const at::Tensor& input, const at::Tensor& rois, double spatial_scale, int64_t pooled_h,
                          int64_t pooled_w, int64_t sampling_ratio, bool aligned) {
-  roi_align::check_forward_args({input}, rois, nullptr, {spatial_scale}, pooled_h, pooled_w);
+  roi_align::check_forward_args({input}, rois, nullptr, {spatial_scale}, pooled_h, pooled_w, sampling_ratio);
   return multi_scale_forward_cpu({input}, rois, nullptr, {spatial_scale}, pooled_h, pooled_w, sampling_ratio,
                                  aligned);
 }
@@ -536,7 +536,7 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
 at::Tensor multi_scale_roi_align_cpu(at::TensorList features, const at::Tensor& rois, const at::Tensor& levels_in,
                                      c10::ArrayRef<double> scales, int64_t pooled_h, int64_t pooled_w,
                                      int64_t sampling_ratio, bool aligned) {
-  roi_align::check_forward_args(features, rois, &levels_in, scales, pooled_h, pooled_w);
+  roi_align::check_forward_args(features, rois, &levels_in, scales, pooled_h, pooled_w, sampling_ratio);
   const auto levels = levels_in.contiguous();
   return multi_scale_forward_cpu(features, rois, levels.const_data_ptr<int64_t>(), scales, pooled_h, pooled_w,
                                  sampling_ratio, aligned);

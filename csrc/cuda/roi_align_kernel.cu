@@ -537,7 +537,7 @@ std::vector<at::Tensor> backward_cuda(const at::Tensor& grad_in, const at::Tenso
 
 at::Tensor roi_align_cuda(const at::Tensor& input, const at::Tensor& rois, double spatial_scale, int64_t pooled_h,
                           int64_t pooled_w, int64_t sampling_ratio, bool aligned) {
-  roi_align::check_forward_args({input}, rois, nullptr, {spatial_scale}, pooled_h, pooled_w);
+  roi_align::check_forward_args({input}, rois, nullptr, {spatial_scale}, pooled_h, pooled_w, sampling_ratio);
   return forward_cuda({input}, rois, nullptr, {spatial_scale}, pooled_h, pooled_w, sampling_ratio, aligned);
 }
 
@@ -553,7 +553,7 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
 at::Tensor multi_scale_roi_align_cuda(at::TensorList features, const at::Tensor& rois, const at::Tensor& levels_in,
                                       c10::ArrayRef<double> scales, int64_t pooled_h, int64_t pooled_w,
                                       int64_t sampling_ratio, bool aligned) {
-  roi_align::check_forward_args(features, rois, &levels_in, scales, pooled_h, pooled_w);
+  roi_align::check_forward_args(features, rois, &levels_in, scales, pooled_h, pooled_w, sampling_ratio);
   const auto levels = levels_in.contiguous();
   return forward_cuda(features, rois, &levels, scales, pooled_h, pooled_w, sampling_ratio, aligned);
 }

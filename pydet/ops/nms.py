@@ -135,6 +135,7 @@ def _(boxes, scores, score_threshold, iou_threshold, max_per_image, class_agnost
     torch._check(score_threshold == score_threshold, lambda: "score_threshold must not be NaN")
     torch._check(iou_threshold == iou_threshold, lambda: "iou_threshold must not be NaN")
     torch._check(max_per_image > 0, lambda: f"max_per_image must be positive, got {max_per_image}")
+    torch._check(pre_nms_topk != 0, lambda: "pre_nms_topk must be positive (or negative for no limit), got 0")
     batch = scores.shape[0]
     return (boxes.new_empty(batch, max_per_image, 4), scores.new_empty(batch, max_per_image),
             scores.new_empty(batch, max_per_image, dtype=torch.int64), scores.new_empty(batch, dtype=torch.int64))

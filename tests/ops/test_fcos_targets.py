@@ -118,8 +118,8 @@ def test_ties_go_to_the_smallest_area_then_the_lowest_index(device):
 def test_targets_of_a_match(device):
     points, strides, ranges = _one_point(10.0, 12.0, device=device)
     boxes = torch.tensor([[2.0, 4.5, 30.0, 40.0]], device=device)
-    labels, reg, matched = ops.fcos_targets(points, strides, ranges, boxes, torch.tensor([7], device=device), 3)
-    assert labels.tolist() == [7] and matched.tolist() == [0]
+    labels, reg, matched = ops.fcos_targets(points, strides, ranges, boxes, torch.tensor([2], device=device), 3)
+    assert labels.tolist() == [2] and matched.tolist() == [0]
     assert reg.tolist() == [[8.0, 7.5, 20.0, 28.0]]
 
 
@@ -356,3 +356,13 @@ def test_level_inputs():
         ops.fcos_level_inputs([(2, 3)], [8])
     with pytest.raises(ValueError, match="strides"):
         ops.fcos_level_inputs([(2, 3)], [(8, 8)], ((-1, 64),))
+
+
+@pytest.mark.parametrize("label", [-1, NUM_CLASSES, 500])
+def test_labels_outside_the_classes_are_refused(label):
+    points, strides, ranges = _levels()
+    boxes = torch.tensor([[4.0, 4, 40, 40], [10, 10, 20, 20]])
+    with pytest.raises(ValueError, match=r"gt_labels must be in \[0, num_classes\)"):
+        ops.fcos_targets(points, strides, ranges, boxes, torch.tensor([0, label]), NUM_CLASSES)
+    with pytest.raises(ValueError, match=r"gt_labels must be in \[0, num_classes\)"):
+        ops.fcos_targets_batched(points, strides, ranges, [boxes], [torch.tensor([label, 0])], None, NUM_CLASSES)

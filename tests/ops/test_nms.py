@@ -406,3 +406,13 @@ def test_cuda_matches_cpu(seed):
         out = ops.multiclass_nms(b.cuda(), s.cuda(), 0.3, 0.5, 300, class_agnostic=agnostic, pre_nms_topk=3000)
         for o, e in zip(out, ops.multiclass_nms(b, s, 0.3, 0.5, 300, class_agnostic=agnostic, pre_nms_topk=3000)):
             torch.testing.assert_close(o.cpu(), e, rtol=0, atol=0)
+
+
+def test_multiclass_nms_raw_op_refuses_zero_topk_and_records_no_grad():
+    boxes = torch.rand(2, 30, 4) * 50
+    boxes[..., 2:] += boxes[..., :2] + 1
+    scores = torch.rand(2, 30, 3)
+    with pytest.raises(ValueError, match="pre_nms_topk must be positive"):
+        torch.ops.pydet.multiclass_nms(boxes, scores, 0.1, 0.5, 10, False, 0)
+    outputs = ops.multiclass_nms(boxes.requires_grad_(), scores.requires_grad_(), 0.1, 0.5, 10)
+    assert not any(out.requires_grad for out in outputs)

@@ -242,3 +242,9 @@ def test_kernel_checks_arguments_without_the_wrapper():
 def test_opcheck(threshold, device):
     masks, boxes = _random_case(0, n=4, image=(20, 24))
     torch.library.opcheck(torch.ops.pydet.paste_masks, (masks.to(device), boxes.to(device), 20, 24, threshold))
+
+
+def test_probabilities_record_no_grad():
+    masks = torch.rand(3, 28, 28, requires_grad=True)
+    boxes = torch.tensor([[0.0, 0, 10, 10]] * 3)
+    assert not ops.paste_masks(masks, boxes, (20, 20), threshold=None).requires_grad

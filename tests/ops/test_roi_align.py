@@ -519,3 +519,10 @@ def test_cuda_kernel_paths_match_cpu(case):
         want, atomic, gathered = _backward_three_ways(grad_out, rois, 0.25, (2, 40, 48, 64), sampling, aligned)
         torch.testing.assert_close(atomic, want)
         torch.testing.assert_close(gathered, want)
+
+
+def test_huge_sampling_ratio_is_refused():
+    features, rois = torch.rand(1, 2, 8, 8), torch.tensor([[0.0, 0, 0, 4, 4]])
+    with pytest.raises(ValueError, match="sampling_ratio must be at most 64"):
+        ops.roi_align(features, rois, 2, sampling_ratio=10**6)
+    assert ops.roi_align(features, rois, 2, sampling_ratio=64).shape == (1, 2, 2, 2)
