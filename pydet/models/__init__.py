@@ -28,7 +28,9 @@ def available() -> list[str]:
 
 
 def build(name: str, **kwargs) -> nn.Module:
-    """Build a model by name, e.g. ``build("faster_rcnn_resnet50_fpn", num_classes=3)``."""
+    """Build a model by name, e.g. ``build("faster_rcnn_resnet50_fpn", num_classes=3)``; a ``-`` in the name
+    reads as ``_`` (the official spelling ``yolov7-tiny`` is ``yolov7_tiny``)."""
+    name = name.replace("-", "_")
     try:
         factory = _FACTORIES[name]
     except KeyError:

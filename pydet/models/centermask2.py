@@ -38,7 +38,11 @@ class CenterMask2(nn.Module):
 
     ``backbone`` maps a ``[B, 3, H, W]`` batch to five feature maps (P3-P7, strides 8-128) with
     ``backbone.out_channels`` channels. The keyword arguments are the settings of the official configs.
+    Eval masks are pasted into the image (``masks [D, 1, H, W]``); with ``box_relative_masks = True`` they
+    stay box-relative, as ``mask_probs [D, M, M]`` (for ``pydet.ops.paste_masks_rle``).
     """
+
+    box_relative_masks = False
 
     def __init__(self, backbone: nn.Module, num_classes: int = 80, *,
                  min_size: int | Sequence[int] = (640, 672, 704, 736, 768, 800), max_size: int = 1333,
@@ -169,6 +173,9 @@ class CenterMask2(nn.Module):
                      original_sizes: list[tuple[int, int]]) -> list[dict]:
         detections = self.transform.postprocess(detections, image_sizes, original_sizes)
         for det, (height, width) in zip(detections, original_sizes):
+            if self.box_relative_masks:
+                det["mask_probs"] = det.pop("masks")[:, 0]
+                continue
             det["masks"] = ops.paste_masks(det["masks"][:, 0], det["boxes"], (height, width), threshold=None)[:, None]
         return detections
 
