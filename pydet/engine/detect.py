@@ -362,6 +362,7 @@ def check_outputs(out_json=None, out_video=None, out_dir=None) -> None:
         check_output_path(out_json, "--out-json")
     if out_video is not None:
         check_output_path(out_video, "--out-video")
+        VideoWriter(out_video).close()  # a suffix FFmpeg knows no container for fails now (nothing is written)
     if out_dir is not None:
         check_output_dir(out_dir, "--out-dir")
 
