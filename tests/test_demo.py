@@ -48,6 +48,7 @@ def test_demo_runs_the_main_job_on_one_preset(tmp_path):
     assert (tmp_path / "one" / "shapes.mp4").stat().st_size > 0
 
 
+@pytest.mark.slow  # three short demo runs: about 90 s on the loaded 2-core machine
 @requires_av
 def test_demo_trains_presets_side_by_side_in_worker_processes(tmp_path, capsys):
     names = ["yolov7_tiny_320", "mask_rcnn_resnet18_fpn"]

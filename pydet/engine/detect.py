@@ -26,7 +26,7 @@ from torch import nn
 from .. import ops
 from ..data.video import (IMAGE_EXTENSIONS, InputError, VideoWriter, check_output_dir, check_output_path,
                           is_image_file, list_images, probe_video, read_image, read_video, write_image)
-from .evaluate import detections_to_coco, encode_masks
+from .evaluate import detections_to_coco, mask_rles
 from .model_info import LabelMap
 
 _PALETTE = np.array([(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -290,10 +290,10 @@ class _Results:
         records = detections_to_coco(detection, item.image_id, self.label_map, with_masks=False)
         if self.with_masks:
             image_shape = item.image.shape[:2]
-            if "mask_probs" in detection:
+            if "mask_probs" in detection:  # box-relative: pasted straight to RLE, no full-frame mask
                 rles = ops.paste_masks_rle(detection["mask_probs"], detection["boxes"], image_shape, 0.5)
             else:
-                rles = encode_masks(detection["masks"][:, 0] >= 0.5)
+                rles = mask_rles(detection["masks"], detection["boxes"], image_shape)
             for record, rle in zip(records, rles):
                 record["segmentation"] = rle
         if track_ids is not None:
