@@ -35,7 +35,7 @@ MODELS = {
     "centermask2_lite_vovnet19": {"min_size": 800, "max_size": 1333},
     "mask_rcnn_resnet50_fpn": {"min_size": 800, "max_size": 1333},
 }
-_SUMMARY = re.compile(r"([\d.]+) frames/s end to end")
+_SUMMARY = re.compile(r"(\d+) frames, \d+ detections in ([\d.]+) s")
 
 
 def make_video(path: Path, frames: int, size: int = 1024) -> None:
@@ -59,7 +59,8 @@ def run_detect(video: Path, name: str, out: Path, batch_size: int, threads: int)
     if status != 0:
         raise RuntimeError(f"pydet detect failed:\n{err}")
     records = json.loads((out / f"{name}.json").read_text())
-    return {"e2e_frames_per_s": float(_SUMMARY.search(err).group(1)), "peak_rss_mb": usage.ru_maxrss / 1024,
+    frames, seconds = _SUMMARY.search(err).groups()
+    return {"e2e_frames_per_s": round(int(frames) / float(seconds), 3), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
             "detections_per_frame": len(records) / max(len({r["image_id"] for r in records}), 1)}
 
 
