@@ -66,17 +66,15 @@ C10_HOST_DEVICE inline PasteAxis paste_axis(double start, double end, int64_t ma
 // a * b + c into a fused multiply-add by default, which rounds once instead of twice: without this,
 // a CUDA paste could differ from the CPU paste (and from paste_masks_rle, which always runs on the
 // host) by one ulp, and flip a pixel sitting on the threshold.
-C10_HOST_DEVICE inline float mul_rn(float a, float b) {
+template <typename T>
+C10_HOST_DEVICE inline T mul_rn(T a, T b) {
 #if defined(__CUDA_ARCH__)
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-
-C10_HOST_DEVICE inline double mul_rn(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dmul_rn(a, b);
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "mul_rn takes float or double");
+  if constexpr (std::is_same_v<T, float>) {
+    return __fmul_rn(a, b);
+  } else {
+    return __dmul_rn(a, b);
+  }
 #else
   return a * b;
 #endif

@@ -33,7 +33,7 @@ def _model_args(pairs: list[str]) -> dict:
 
 
 def _add_model_options(parser: argparse.ArgumentParser, weights_required: bool = False) -> None:
-    parser.add_argument("--model", required=True, type=lambda name: name.replace("-", "_"),
+    parser.add_argument("--model", required=True,
                         help="registered model name (see `pydet models`; yolov7-tiny reads as yolov7_tiny)")
     parser.add_argument("--weights", required=weights_required, help="pydet checkpoint (.safetensors) or a "
                         "state dict (.pt/.pth, loaded with weights_only=True)")
@@ -107,7 +107,8 @@ def _detect_outputs(args, inputs: list[Path]) -> list[dict]:
 
 
 def _detect(args) -> int:
-    from .engine import detect, init_distributed, model_info
+    from . import models
+    from .engine import detect, init_distributed
     from .engine.detect import check_outputs, expand_inputs, is_video, open_source, write_manifest
 
     _check_detect_args(args)
@@ -127,7 +128,7 @@ def _detect(args) -> int:
     model, label_map, _ = _build_model(args)
     if args.weights is None:
         warnings.warn(f"no --weights: {args.model} is randomly initialised", RuntimeWarning)
-    with_masks = model_info(args.model)[0]
+    with_masks = models.spec(args.model).has_masks
     rank, world = _rank(), _world_size()
     rows = []
     for index, (path, out) in list(enumerate(zip(inputs, outputs)))[rank::world]:
@@ -177,8 +178,7 @@ def _train(args) -> int:
 
     from . import models
     from .data.transforms import Compose, Mosaic, RandomHorizontalFlip, RandomScaleJitter
-    from .engine import init_distributed, model_info, train
-    from .engine.model_info import LabelMap, input_size_kwargs, is_yolo
+    from .engine import LabelMap, init_distributed, train
 
     device = init_distributed(args.device)
     augment = [a for a in args.augment.split(",") if a] if args.augment else []
@@ -190,12 +190,13 @@ def _train(args) -> int:
     dataset = _dataset(args, transforms=Compose(steps) if steps else None)
     if "mosaic" in augment:
         dataset = Mosaic(dataset, size=args.image_size or max(dataset[0][0].shape[-2:]))
-    has_masks, offset = model_info(args.model)
-    categories = dataset.categories
-    label_map = LabelMap.for_model(args.model, categories)
+    spec = models.spec(args.model)
+    recipe = {key: getattr(spec.training, key) if getattr(args, key) is None else getattr(args, key)
+              for key in ("optimizer", "lr", "momentum", "weight_decay", "ema")}
+    label_map = LabelMap.for_model(args.model, dataset.categories)
     kwargs = {"num_classes": label_map.num_model_classes}
     if args.data == ["synthetic"]:
-        kwargs.update(input_size_kwargs(args.model, dataset.image_size[0]))
+        kwargs.update(spec.input_size(dataset.image_size[0]))
     kwargs.update(_model_args(args.model_arg))
     torch.manual_seed(args.seed)
     model = models.build(args.model, **kwargs)
@@ -205,12 +206,12 @@ def _train(args) -> int:
         meta["synthetic"] = {"num_images": len(dataset), "image_size": list(dataset.image_size),
                              "num_classes": dataset.num_classes}
     result = train(model, dataset, epochs=args.epochs, max_steps=args.steps, batch_size=args.batch_size,
-                   label_offset=offset, with_masks=has_masks, optimizer=args.optimizer, lr=args.lr,
-                   momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
+                   label_offset=spec.label_offset, with_masks=spec.has_masks, schedule=args.schedule,
                    warmup_steps=args.warmup_steps, clip_grad_norm=args.clip_grad_norm, amp=not args.no_amp,
-                   ema=is_yolo(args.model) if args.ema is None else args.ema, checkpoint=out / "last.safetensors",
+                   checkpoint=out / "last.safetensors",
                    checkpoint_every=args.checkpoint_every, resume=args.resume or False, log_file=out / "log.jsonl",
-                   device=device, num_workers=args.workers, seed=args.seed, progress=not args.quiet, meta=meta)
+                   device=device, num_workers=args.workers, seed=args.seed, progress=not args.quiet, meta=meta,
+                   **recipe)
     if _rank() != 0:
         return 0
     if not result.losses and args.resume:
@@ -235,7 +236,8 @@ def _world_size() -> int:
 
 
 def _eval(args) -> int:
-    from .engine import LabelMap, evaluate, model_info
+    from . import models
+    from .engine import LabelMap, evaluate
 
     # a COCO annotation file is checked before the model is built; synthetic data follows the checkpoint
     dataset = None if args.data == ["synthetic"] else _dataset(args)
@@ -248,7 +250,7 @@ def _eval(args) -> int:
             raise ValueError(f"{args.weights}: trained on categories {[c['name'] for c in label_map.categories]}, "
                              f"the data has {[c['name'] for c in dataset.categories]}")
         label_map = LabelMap.for_model(args.model, dataset.categories)
-    metrics = evaluate(model, dataset, label_map=label_map, with_masks=model_info(args.model)[0],
+    metrics = evaluate(model, dataset, label_map=label_map, with_masks=models.spec(args.model).has_masks,
                        batch_size=args.batch_size, device=_device(args.device), num_workers=args.workers,
                        progress=not args.quiet)
     if args.out_json:
@@ -298,15 +300,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for last.safetensors and log.jsonl (default runs/MODEL)")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--steps", type=int, default=None, help="train this many steps instead of --epochs")
-    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum, or AdamW's beta1")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default=None, help="default: the model's recipe")
+    p.add_argument("--lr", type=float, default=None, help="default: the model's recipe")
+    p.add_argument("--momentum", type=float, default=None, help="SGD momentum, or AdamW's beta1 (default: the "
+                   "model's recipe)")
+    p.add_argument("--weight-decay", type=float, default=None, help="default: the model's recipe")
     p.add_argument("--schedule", choices=("cosine", "step"), default="cosine")
     p.add_argument("--warmup-steps", type=int, default=100)
     p.add_argument("--clip-grad-norm", type=float, default=None)
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep an EMA of the weights (default: on for YOLOv7)")
+                   help="keep an EMA of the weights (default: the model's recipe, on for YOLOv7)")
     p.add_argument("--no-amp", action="store_true", help="no float16 autocast on CUDA")
     p.add_argument("--augment", default="flip", help="comma-separated: flip, jitter, mosaic (default flip)")
     p.add_argument("--checkpoint-every", type=int, default=None, help="also checkpoint every N steps")
@@ -346,6 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     from .data.video import InputError
 
     try:
+        if getattr(args, "model", None):
+            from .models import canonical_name
+
+            args.model = canonical_name(args.model)  # `yolov7-tiny` is `yolov7_tiny`; unknown names fail here
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             return args.func(args)

@@ -28,9 +28,8 @@ from .cli import main as cli_main
 from .data import SyntheticShapes, write_synthetic_video
 from .data.coco import coco_from_dict
 from .data.transforms import RandomHorizontalFlip
-from .engine import LabelMap, evaluate, model_info, train
+from .engine import LabelMap, evaluate, train
 from .engine.evaluate import coco_evaluate, ground_truth_records
-from .engine.model_info import input_size_kwargs
 
 NUM_CLASSES = 3
 HELD_OUT_SEED = 1_000_003
@@ -100,7 +99,7 @@ def run_preset(name: str, out: Path, video: Path, steps_scale: float, eval_image
     parallel demo's workers: the parent draws their progress from the training logs)."""
     torch.set_num_threads(THREADS_PER_PRESET)
     recipe = RECIPES[name]
-    has_masks, offset = model_info(name)
+    spec = models.spec(name)
     settings = dict(recipe["train"])
     del settings["steps"]
     steps = preset_steps(name, steps_scale)
@@ -109,7 +108,7 @@ def run_preset(name: str, out: Path, video: Path, steps_scale: float, eval_image
     train_set = SyntheticShapes(num_images=max(steps * settings["batch_size"], 64), image_size=size,
                                 num_classes=NUM_CLASSES, seed=0, transforms=RandomHorizontalFlip())
     label_map = LabelMap.for_model(name, train_set.categories)
-    kwargs = {"num_classes": label_map.num_model_classes, **input_size_kwargs(name, size), **recipe["model"]}
+    kwargs = {"num_classes": label_map.num_model_classes, **spec.input_size(size), **recipe["model"]}
     torch.manual_seed(0)
     model = models.build(name, **kwargs)
     run_dir = out / name
@@ -121,14 +120,14 @@ def run_preset(name: str, out: Path, video: Path, steps_scale: float, eval_image
     meta = {"model": name, "model_kwargs": kwargs, **label_map.state(),
             "synthetic": {"num_images": len(train_set), "image_size": [size, size],
                           "num_classes": NUM_CLASSES}}
-    result = train(model, train_set, max_steps=steps, label_offset=offset, with_masks=has_masks,
+    result = train(model, train_set, max_steps=steps, label_offset=spec.label_offset, with_masks=spec.has_masks,
                    warmup_steps=min(50, steps // 5), clip_grad_norm=10.0, checkpoint=checkpoint,
                    log_file=run_dir / "log.jsonl", device="cpu", meta=meta, progress=verbose, **settings)
     train_s = time.perf_counter() - start
     evaluated = result.ema if result.ema is not None else model
     held_out = SyntheticShapes(eval_images, size, num_classes=NUM_CLASSES, seed=HELD_OUT_SEED)
     say(f"== {name}: COCO mAP on {eval_images} held-out images")
-    metrics = evaluate(evaluated, held_out, label_map=label_map, with_masks=has_masks, device="cpu",
+    metrics = evaluate(evaluated, held_out, label_map=label_map, with_masks=spec.has_masks, device="cpu",
                        progress=verbose, print_table=verbose)
     say(f"== {name}: pydet detect {video.name}")
     start = time.perf_counter()
@@ -138,7 +137,7 @@ def run_preset(name: str, out: Path, video: Path, steps_scale: float, eval_image
     if code != 0:
         raise RuntimeError(f"pydet detect failed on {video} with {name}")
     detect_s = time.perf_counter() - start
-    on_video = video_map(video.with_suffix(".json"), out / f"{name}.json", has_masks)
+    on_video = video_map(video.with_suffix(".json"), out / f"{name}.json", spec.has_masks)
     return {"model": name, "steps": result.steps, "train_s": round(train_s, 1),
             "train_images_per_s": round(result.images_per_s, 2),
             "bbox_mAP": round(metrics["bbox"]["AP"], 4),

@@ -28,15 +28,16 @@ __all__ = ["ByteTracker", "KalmanBoxFilter", "linear_assignment", "idf1", "id_sw
 def _shortest_augmenting_path(cost: np.ndarray) -> np.ndarray:
     """Minimum-cost assignment of every row of ``cost [n, m]`` (n <= m) to a distinct column.
 
-    Jonker-Volgenant style: rows are added one at a time, each by a Dijkstra search for the
-    cheapest augmenting path in reduced costs, with dual variables ``u``/``v`` keeping the reduced
-    costs of assigned edges non-negative. The scan over columns is vectorised. ``+inf`` marks a
-    forbidden pair. Returns the column of each row.
+    Jonker-Volgenant style: after a greedy start, the other rows are added one at a time, each by
+    a Dijkstra search for the cheapest augmenting path in reduced costs, with dual variables
+    ``u``/``v`` keeping the reduced costs of assigned edges non-negative. The scan over columns
+    is vectorised. ``+inf`` marks a forbidden pair; each row's smallest cost must be 0. Returns
+    the column of each row.
     """
     n, m = cost.shape
     u, v = np.zeros(n), np.zeros(m)
-    col4row, row4col = np.full(n, -1), np.full(m, -1)
-    for cur_row in range(n):
+    col4row, row4col = _assign_free_minima(cost)
+    for cur_row in np.flatnonzero(col4row < 0).tolist():
         shortest = np.full(m, np.inf)
         path = np.full(m, -1)
         scanned_cols = np.zeros(m, dtype=bool)
@@ -64,6 +65,23 @@ def _shortest_augmenting_path(cost: np.ndarray) -> np.ndarray:
         _update_duals(u, v, shortest, scanned_rows, scanned_cols, col4row, cur_row, min_val)
         _augment(path, sink, cur_row, col4row, row4col)
     return col4row
+
+
+def _assign_free_minima(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start from each row on its cheapest column where no earlier row claims it.
+
+    Costs are shifted so that each row's minimum is 0; with zero duals these pairs are tight and
+    every reduced cost non-negative, so the augmenting-path search may start from them. Tracking
+    costs are near-diagonal, so most rows are settled here.
+    """
+    n, m = cost.shape
+    col4row, row4col = np.full(n, -1), np.full(m, -1)
+    best = cost.argmin(axis=1)
+    candidates = np.flatnonzero(cost[np.arange(n), best] == 0.0)
+    cols, first = np.unique(best[candidates], return_index=True)
+    col4row[candidates[first]] = cols
+    row4col[cols] = candidates[first]
+    return col4row, row4col
 
 
 def _update_duals(u, v, shortest, scanned_rows, scanned_cols, col4row, cur_row, min_val) -> None:
@@ -102,48 +120,65 @@ def _minimum_assignment(cost: np.ndarray) -> np.ndarray:
 
 
 def _connected_components(allowed: np.ndarray) -> np.ndarray:
-    """Component label of each row of the bipartite graph whose edges are ``allowed [n, m]``."""
-    n = allowed.shape[0]
-    row_label = np.arange(n)
+    """Component label of each row of the bipartite graph whose edges are ``allowed [n, m]``.
+
+    Minimum-label propagation (rows through shared columns) with pointer jumping: a label is a row
+    index whose own label may already be smaller, so following labels collapses a long chain of
+    overlapping boxes (a crowd) in logarithmically many steps instead of one per box.
+    """
     big = np.iinfo(np.int64).max
+    label = np.arange(allowed.shape[0])
     while True:
-        col_label = np.where(allowed, row_label[:, None], big).min(axis=0, initial=big)
-        new = np.minimum(row_label, np.where(allowed, col_label[None, :], big).min(axis=1, initial=big))
-        if np.array_equal(new, row_label):
-            return row_label
-        row_label = new
+        col_label = np.where(allowed, label[:, None], big).min(axis=0, initial=big)
+        new = np.minimum(label, np.where(allowed, col_label[None, :], big).min(axis=1, initial=big))
+        while not np.array_equal(new[new], new):
+            new = new[new]
+        if np.array_equal(new, label):
+            return label
+        label = new
 
 
 def _thresholded_assignment(cost: np.ndarray, max_cost: float) -> tuple[np.ndarray, np.ndarray]:
     """Pairs minimising the summed ``cost - max_cost`` over pairs that cost at most ``max_cost``.
 
-    Leaving a row (or column) unmatched is always allowed. Each row gets a private "unmatched"
-    column of cost 0, so the problem is a rectangular assignment. Tracking costs are sparse
-    (most boxes do not overlap), so it is solved per connected component of the allowed pairs.
+    Leaving a row (or column) unmatched is always allowed. Tracking costs are sparse (most boxes
+    do not overlap), so the problem splits into connected components of the allowed pairs: a row
+    and a column allowed only with each other are matched directly, the other components are
+    solved one by one.
     """
     allowed = cost <= max_cost
-    has_edge = allowed.any(axis=1)
-    labels = _connected_components(allowed)
-    rows_out, cols_out = [], []
-    for label in np.unique(labels[has_edge]):
-        rows = np.flatnonzero((labels == label) & has_edge)
-        cols = np.flatnonzero(allowed[rows].any(axis=0))
-        if rows.size == 1 and cols.size == 1:
-            rows_out.append(rows)
-            cols_out.append(cols)
-            continue
-        sub = np.where(allowed[np.ix_(rows, cols)], cost[np.ix_(rows, cols)] - max_cost, np.inf)
-        unmatched = np.full((rows.size, rows.size), np.inf)
-        np.fill_diagonal(unmatched, 0.0)
-        choice = _minimum_assignment(np.concatenate([sub, unmatched], axis=1))
-        real = choice < cols.size
-        rows_out.append(rows[real])
-        cols_out.append(cols[choice[real]])
-    if not rows_out:
+    if allowed.size == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    row_degree, col_degree = allowed.sum(axis=1), allowed.sum(axis=0)
+    first_col = allowed.argmax(axis=1)
+    alone = (row_degree == 1) & (col_degree[first_col] == 1)
+    rows_out, cols_out = [np.flatnonzero(alone)], [first_col[alone]]
+    rest = np.flatnonzero((row_degree > 0) & ~alone)
+    if rest.size:
+        rest_cols = np.flatnonzero(allowed[rest].any(axis=0))
+        sub_allowed = allowed[np.ix_(rest, rest_cols)]
+        labels = _connected_components(sub_allowed)
+        order = np.argsort(labels, kind="stable")
+        for group in np.split(order, np.flatnonzero(np.diff(labels[order])) + 1):
+            rows, cols = rest[group], rest_cols[sub_allowed[group].any(axis=0)]
+            matched, choice = _component_assignment(cost[np.ix_(rows, cols)], max_cost)
+            rows_out.append(rows[matched])
+            cols_out.append(cols[choice])
     rows, cols = np.concatenate(rows_out), np.concatenate(cols_out)
     order = np.argsort(rows, kind="stable")
     return rows[order].astype(np.int64), cols[order].astype(np.int64)
+
+
+def _component_assignment(cost: np.ndarray, max_cost: float) -> tuple[np.ndarray, np.ndarray]:
+    """Thresholded assignment as a rectangular one: each row gets a private "unmatched" column of
+    cost 0 and pairs cost ``cost - max_cost`` (forbidden above ``max_cost``)."""
+    n, m = cost.shape
+    pairs = np.where(cost <= max_cost, cost - max_cost, np.inf)
+    unmatched = np.full((n, n), np.inf)
+    np.fill_diagonal(unmatched, 0.0)
+    choice = _minimum_assignment(np.concatenate([pairs, unmatched], axis=1))
+    matched = np.flatnonzero(choice < m)
+    return matched, choice[matched]
 
 
 def linear_assignment(cost, max_cost: float | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -157,7 +192,10 @@ def linear_assignment(cost, max_cost: float | None = None) -> tuple[np.ndarray, 
     """
     cost = _as_cost_matrix(cost)
     if max_cost is not None:
-        return _thresholded_assignment(cost, check_float(max_cost, "max_cost"))
+        max_cost = check_float(max_cost, "max_cost")
+        if not np.isfinite(max_cost):
+            raise ValueError(f"max_cost must be finite, got {max_cost}")
+        return _thresholded_assignment(cost, max_cost)
     col4row = _minimum_assignment(cost)
     rows = np.flatnonzero(col4row >= 0)
     return rows.astype(np.int64), col4row[rows].astype(np.int64)
@@ -367,7 +405,8 @@ class ByteTracker:
         t = self._tracks
         if len(t) == 0:
             return
-        # A lost track keeps drifting at its last velocity but stops growing or shrinking.
+        # A lost track keeps drifting at its last velocity but stops growing or shrinking. Unconfirmed
+        # tracks (one frame old, at rest) are predicted too, which only widens their uncertainty.
         t.mean[t.lost, 7] = 0.0
         t.mean, t.cov = self.kalman.predict(t.mean, t.cov)
 
@@ -479,3 +518,51 @@ def _check_frame(boxes, scores, labels) -> tuple[np.ndarray, np.ndarray, np.ndar
     if labels.shape[0] != n:
         raise ValueError(f"labels must have one entry per box ({n}), got {labels.shape[0]}")
     return boxes_np, scores_np, labels.detach().to("cpu", torch.int64).numpy()
+
+
+# ----------------------------------------------------------------------------------------------
+# Identity metrics
+# ----------------------------------------------------------------------------------------------
+
+def _as_id_pairs(gt_ids, pred_ids) -> tuple[np.ndarray, np.ndarray]:
+    gt = np.asarray(gt_ids.cpu() if isinstance(gt_ids, Tensor) else gt_ids, dtype=np.int64).reshape(-1)
+    pred = np.asarray(pred_ids.cpu() if isinstance(pred_ids, Tensor) else pred_ids, dtype=np.int64).reshape(-1)
+    if gt.shape != pred.shape:
+        raise ValueError(f"gt_ids and pred_ids must have the same length, got {gt.size} and {pred.size}")
+    return gt, pred
+
+
+def idf1(gt_ids, pred_ids) -> float:
+    """IDF1 (Ristani et al., 2016) of a tracker's output against the ground truth.
+
+    The input is one entry per observation of all frames: a ground-truth object and the prediction
+    matched to it in its frame (``gt_ids[k]``, ``pred_ids[k]``), an unmatched ground truth
+    (``pred_ids[k] = -1``) or an unmatched prediction (``gt_ids[k] = -1``). Ground-truth
+    trajectories are mapped one to one to predicted ones so as to maximise the observations they
+    share (IDTP); ``IDF1 = 2 IDTP / (#ground-truth observations + #predicted observations)``.
+    """
+    gt, pred = _as_id_pairs(gt_ids, pred_ids)
+    num_gt, num_pred = int((gt >= 0).sum()), int((pred >= 0).sum())
+    if num_gt + num_pred == 0:
+        return 1.0
+    both = (gt >= 0) & (pred >= 0)
+    gt_values, gt_index = np.unique(gt[both], return_inverse=True)
+    pred_values, pred_index = np.unique(pred[both], return_inverse=True)
+    shared = np.zeros((gt_values.size, pred_values.size))
+    np.add.at(shared, (gt_index, pred_index), 1.0)
+    rows, cols = linear_assignment(-shared)
+    return 2.0 * shared[rows, cols].sum() / (num_gt + num_pred)
+
+
+def id_switches(gt_ids, pred_ids) -> int:
+    """Number of times a ground-truth object is matched to a different track id than the last time
+    it was matched (CLEAR MOT's IDSW). Observations as in :func:`idf1`, in frame order."""
+    gt, pred = _as_id_pairs(gt_ids, pred_ids)
+    last: dict[int, int] = {}
+    switches = 0
+    for g, p in zip(gt.tolist(), pred.tolist()):
+        if g < 0 or p < 0:
+            continue
+        switches += g in last and last[g] != p
+        last[g] = p
+    return switches

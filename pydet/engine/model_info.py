@@ -1,8 +1,9 @@
-"""What the engine needs to know about a model by its registry name, and the label conversions.
+"""Label conversions between datasets and models, and building a registered model from a weights file.
 
-Datasets give labels ``0..K-1``; models differ: the R-CNN family reserves 0 for the background
-(torchvision's convention), YOLOv7 and CenterMask2 use ``0..num_classes-1``. :class:`LabelMap` turns
-dataset labels into model labels and model labels into dataset labels and COCO category ids.
+Datasets give labels ``0..K-1``; models differ (their :class:`~pydet.models.ModelSpec` says how): the R-CNN
+family reserves 0 for the background (torchvision's convention), YOLOv7 and CenterMask2 use
+``0..num_classes-1``. :class:`LabelMap` turns dataset labels into model labels and model labels into
+dataset labels and COCO category ids.
 """
 from __future__ import annotations
 
@@ -11,18 +12,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-_RCNN_PREFIXES = ("faster_rcnn", "mask_rcnn")
-_MASK_PREFIXES = ("mask_rcnn", "centermask2")
-
-
-def model_info(name: str) -> tuple[bool, int]:
-    """``(has_masks, label_offset)`` of the registered model ``name``."""
-    return name.startswith(_MASK_PREFIXES), 1 if name.startswith(_RCNN_PREFIXES) else 0
-
-
-def is_yolo(name: str) -> bool:
-    return name.startswith("yolo")
-
+from .. import models
 
 class LabelMap:
     """Dataset label ``i`` (``0..K-1``) is model label ``model_labels[i]`` and category ``categories[i]``.
@@ -37,20 +27,16 @@ class LabelMap:
         self.categories = [{"id": int(c["id"]), "name": str(c["name"])} for c in categories]
         self.model_labels = [int(v) for v in model_labels]
         self.num_model_classes = max(self.model_labels) + 1 if self.model_labels else 0
-        self._to_model = torch.tensor(self.model_labels, dtype=torch.int64)
         to_dataset = torch.full((self.num_model_classes,), -1, dtype=torch.int64)
-        to_dataset[self._to_model] = torch.arange(len(self.model_labels))
+        to_dataset[torch.tensor(self.model_labels, dtype=torch.int64)] = torch.arange(len(self.model_labels))
         self._to_dataset = to_dataset
 
     @classmethod
     def for_model(cls, name: str, categories: Sequence[dict], coco_ids: bool = False) -> "LabelMap":
-        offset = model_info(name)[1]
+        offset = models.spec(name).label_offset
         if coco_ids and offset:
             return cls(categories, [c["id"] for c in categories])
         return cls(categories, [i + offset for i in range(len(categories))])
-
-    def to_model(self, labels: Tensor) -> Tensor:
-        return self._to_model.to(labels.device)[labels]
 
     def to_dataset(self, model_labels: Tensor) -> Tensor:
         """Dataset labels; -1 for model labels that no category maps to (e.g. the background)."""
@@ -68,42 +54,41 @@ class LabelMap:
         return {"categories": self.categories, "model_labels": self.model_labels}
 
 
-def default_num_classes(name: str) -> int:
-    """The factories' default: COCO's 91-id layout for R-CNN, its 80 categories otherwise."""
-    return 91 if model_info(name)[1] else 80
-
-
-def input_size_kwargs(name: str, size: int) -> dict:
-    """Build arguments that make ``name`` work on images of about ``size`` pixels instead of its COCO size."""
-    if is_yolo(name):
-        return {"img_size": max(32, -(-int(size) // 32) * 32)}
-    return {"min_size": int(size), "max_size": int(size) * 1333 // 800}
-
-
 def default_label_map(name: str, num_classes: int) -> LabelMap:
     """COCO's categories for models with COCO's class count, numbered classes otherwise."""
     from ..data.coco import COCO_CATEGORIES
 
-    offset = model_info(name)[1]
-    if num_classes == default_num_classes(name):
+    spec = models.spec(name)
+    offset = spec.label_offset
+    if num_classes == spec.num_classes:
         return LabelMap.for_model(name, COCO_CATEGORIES, coco_ids=True)
     return LabelMap.for_model(name, [{"id": i + 1, "name": f"class{i + 1}"} for i in range(num_classes - offset)])
+
+
+def _convert(state: dict, converters) -> dict:
+    """``state`` through the first converter that recognises it; unchanged when none does."""
+    for converter in converters:
+        try:
+            return converter(state)
+        except (KeyError, ValueError, RuntimeError):
+            continue
+    return state
 
 
 def build_model(name: str, weights: str | None = None, **overrides):
     """``(model, label_map, meta)``: ``name`` built as the weights file describes (pydet checkpoints store
     the build arguments and categories), then loaded strictly.
 
-    Weights that are not in pydet's layout go through the matching :mod:`pydet.convert` function
-    (torchvision R-CNN, official YOLOv7). Without weights the model is randomly initialised.
+    Weights that are not in pydet's layout go through the model's converters (its spec's: torchvision R-CNN,
+    official YOLOv7, ...). Without weights the model is randomly initialised.
     """
-    from .. import convert, models
     from ..data.video import InputError
     from .checkpoint import read_weights
 
     state, meta = read_weights(weights) if weights is not None else ({}, {})
     kwargs = {**meta.get("model_kwargs", {}), **overrides}
-    kwargs.setdefault("num_classes", default_num_classes(name))
+    spec = models.spec(name)
+    kwargs.setdefault("num_classes", spec.num_classes)
     model = models.build(name, **kwargs)
     if "categories" in meta:
         label_map = LabelMap(meta["categories"], meta["model_labels"])
@@ -113,12 +98,7 @@ def build_model(name: str, weights: str | None = None, **overrides):
         return model, label_map, meta
     expected = set(model.state_dict())
     if set(state) != expected:
-        converter = getattr(convert, "from_yolov7" if is_yolo(name) else "from_torchvision", None)
-        if converter is not None and not name.startswith("centermask2"):
-            try:
-                state = converter(state)
-            except (KeyError, ValueError, RuntimeError):
-                pass
+        state = _convert(state, spec.converters)
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
         raise InputError(f"{weights}: weights do not fit {name}: {len(missing)} missing keys "

@@ -8,7 +8,6 @@ boxes, matched at IoU 0.5 and subsampled (foreground only); at inference it runs
 """
 from __future__ import annotations
 
-from functools import partial
 from typing import Sequence
 
 import torch
@@ -26,7 +25,7 @@ from ..modeling.matcher import BalancedPositiveNegativeSampler, Matcher
 from ..modeling.sag_mask import (MaskIoUHead, SAGMaskHead, mask_area_inside_box, mask_targets, maskiou_loss,
                                  maskiou_targets)
 from ..modeling.transform import GeneralizedRCNNTransform, check_images_and_targets
-from . import register
+from .registry import ModelSpec
 
 LEVELS = ("p3", "p4", "p5", "p6", "p7")
 MASK_LEVELS = ("p3", "p4", "p5")
@@ -192,7 +191,6 @@ def _backbone(name: str, out_channels: int, norm: type[nn.Module]) -> BackboneWi
     return BackboneWithFPN(body, fpn)
 
 
-@register("centermask2")
 def centermask2(backbone: str = "vovnet39", num_classes: int = 80, lite: bool = False, *,
                 backbone_norm: str = "frozen_bn", **overrides) -> CenterMask2:
     """CenterMask2 on ``backbone`` (``vovnet19/39/57/99`` = VoVNetV2-eSE, ``vovnet19_slim``, or ``resnet50``).
@@ -215,7 +213,5 @@ def centermask2(backbone: str = "vovnet39", num_classes: int = 80, lite: bool = 
     return CenterMask2(_backbone(backbone, channels, norm_layer(backbone_norm)), num_classes, **settings)
 
 
-for _name in BACKBONES:
-    register(f"centermask2_{_name}")(partial(centermask2, _name))
-for _name in ("vovnet19_slim", "vovnet19", "vovnet39"):
-    register(f"centermask2_lite_{_name}")(partial(centermask2, _name, lite=True))
+CENTERMASK2_SPEC = ModelSpec(has_masks=True, label_offset=0, num_classes=80)
+LITE_BACKBONES = ("vovnet19_slim", "vovnet19", "vovnet39")

@@ -16,12 +16,13 @@ from torch import Tensor, nn
 from .. import ops
 from ..modeling.anchor_generator import AnchorGenerator
 from ..modeling.backbones.resnet import resnet_fpn_backbone
-from ..modeling.layers import FrozenBatchNorm2d, fold_batchnorm
+from ..modeling.layers import FrozenBatchNorm2d, conv_with_weights, fold_batchnorm
 from ..modeling.poolers import MultiScaleRoIAlign
 from ..modeling.roi_heads import FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor, RoIHeads, TwoMLPHead
 from ..modeling.rpn import RegionProposalNetwork, RPNHead
 from ..modeling.transform import IMAGENET_MEAN, IMAGENET_STD, GeneralizedRCNNTransform, check_images_and_targets
-from . import register
+from ..convert.torchvision import from_torchvision
+from .registry import ModelSpec
 
 
 class GeneralizedRCNN(nn.Module):
@@ -100,7 +101,7 @@ class GeneralizedRCNN(nn.Module):
             for conv_name, bn_name in pairs:
                 conv, bn = children.get(conv_name), children.get(bn_name)
                 if isinstance(conv, nn.Conv2d) and isinstance(bn, (FrozenBatchNorm2d, nn.BatchNorm2d)):
-                    setattr(module, conv_name, _fold_batchnorm(conv, bn))
+                    setattr(module, conv_name, conv_with_weights(conv, *fold_batchnorm(conv, bn)))
                     setattr(module, bn_name, nn.Identity())
         return self
 
@@ -125,16 +126,6 @@ class GeneralizedRCNN(nn.Module):
         raise ValueError(f"{where} has label {int(labels[first])}, outside [0, {self.num_classes})")
 
 
-def _fold_batchnorm(conv: nn.Conv2d, bn: FrozenBatchNorm2d | nn.BatchNorm2d) -> nn.Conv2d:
-    """The convolution that computes ``bn(conv(x))`` (in eval mode for a BatchNorm2d)."""
-    weight, bias = fold_batchnorm(conv, bn)
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      conv.dilation, conv.groups, bias=True, device=conv.weight.device, dtype=conv.weight.dtype)
-    fused.weight.copy_(weight)
-    fused.bias.copy_(bias)
-    fused.weight.requires_grad_(conv.weight.requires_grad)
-    fused.bias.requires_grad_(conv.weight.requires_grad)
-    return fused
 
 
 _TORCHVISION_DEFAULTS: dict[str, Any] = {
@@ -196,30 +187,31 @@ def build_rcnn(*, depth: int, num_classes: int, with_masks: bool, defaults: dict
     return GeneralizedRCNN(transform, backbone, rpn, roi_heads, num_classes)
 
 
-@register("faster_rcnn_resnet50_fpn")
 def faster_rcnn_resnet50_fpn(num_classes: int = 91, **overrides) -> GeneralizedRCNN:
     """torchvision's ``fasterrcnn_resnet50_fpn`` (41,755,286 parameters at 91 classes)."""
     return build_rcnn(depth=50, num_classes=num_classes, with_masks=False, defaults=_TORCHVISION_DEFAULTS,
                       overrides=overrides)
 
 
-@register("mask_rcnn_resnet50_fpn")
 def mask_rcnn_resnet50_fpn(num_classes: int = 91, **overrides) -> GeneralizedRCNN:
     """torchvision's ``maskrcnn_resnet50_fpn`` (44,401,393 parameters at 91 classes)."""
     return build_rcnn(depth=50, num_classes=num_classes, with_masks=True, defaults=_TORCHVISION_DEFAULTS,
                       overrides=overrides)
 
 
-@register("faster_rcnn_resnet18_fpn")
 def faster_rcnn_resnet18_fpn(num_classes: int = 91, **overrides) -> GeneralizedRCNN:
     """Small Faster R-CNN: ResNet-18 with BatchNorm2d, 128-channel FPN, 512-wide box head, short side 320."""
     return build_rcnn(depth=18, num_classes=num_classes, with_masks=False, defaults=_SMALL_DEFAULTS,
                       overrides=overrides, fpn_channels=128, representation_size=512, norm_layer=nn.BatchNorm2d)
 
 
-@register("mask_rcnn_resnet18_fpn")
 def mask_rcnn_resnet18_fpn(num_classes: int = 91, **overrides) -> GeneralizedRCNN:
     """Small Mask R-CNN: the small Faster R-CNN plus a 64-channel mask head."""
     return build_rcnn(depth=18, num_classes=num_classes, with_masks=True, defaults=_SMALL_DEFAULTS,
                       overrides=overrides, fpn_channels=128, representation_size=512, mask_channels=64,
                       norm_layer=nn.BatchNorm2d)
+
+
+# torchvision's label convention (0 is the background, COCO's 91 ids) and its checkpoints.
+FASTER_RCNN_SPEC = ModelSpec(has_masks=False, label_offset=1, num_classes=91, converters=(from_torchvision,))
+MASK_RCNN_SPEC = ModelSpec(has_masks=True, label_offset=1, num_classes=91, converters=(from_torchvision,))

@@ -9,22 +9,17 @@ import torch
 from pydet import ops
 from pydet.reference import paste_masks as ref
 from tests.conftest import CUDA, SEEDS
+from tests.ops.test_paste_masks import _random_case as paste_case
 
 mask_utils = pytest.importorskip("pycocotools.mask")
 
 
-def _random_case(seed, n=16, image=(90, 110), mask_size=(13, 17), dtype=torch.float32):
-    """Boxes inside, partly and wholly outside the image, sub-pixel and covering it."""
-    g = torch.Generator().manual_seed(seed)
-    masks = torch.rand(n, *mask_size, generator=g, dtype=torch.float64)
-    height, width = image
-    xy = torch.rand(n, 2, generator=g, dtype=torch.float64) * torch.tensor([width + 40.0, height + 40.0]) - 20
-    wh = torch.rand(n, 2, generator=g, dtype=torch.float64) ** 2 * torch.tensor([width, height]) + 0.3
-    boxes = torch.cat([xy, xy + wh], dim=1)
-    boxes[0] = torch.tensor([-30.0, -50.0, width + 70.0, height + 20.0])  # covers the whole image
-    boxes[1] = torch.tensor([width + 5.0, 10.0, width + 60.0, 40.0])  # wholly outside
-    boxes[2] = torch.tensor([20.2, 30.7, 20.6, 31.1])  # smaller than a pixel
-    boxes[3] = torch.tensor([-8.0, height - 12.0, 15.0, height + 9.0])  # over a corner
+def _random_case(seed, n=16, image=(90, 110), dtype=torch.float32):
+    """paste_masks' test case (boxes inside, partly and wholly outside, sub-pixel, covering the image)
+    with a box over the bottom-left corner too."""
+    masks, boxes = paste_case(seed, n=n, image=image, dtype=torch.float64)
+    height = image[0]
+    boxes[3] = torch.tensor([-8.0, height - 12.0, 15.0, height + 9.0])
     return masks.to(dtype), boxes.to(dtype)
 
 
@@ -134,6 +129,22 @@ def test_large_image_with_realistic_boxes(device):
     _assert_matches_paste_masks(masks.to(device), boxes.to(device), (height, width))
 
 
+def test_huge_image_costs_only_the_box_areas(device):
+    # 60000 x 60000 bool masks would take 3.6 GB each; the RLEs take the boxes' pixels only. All the
+    # boxes end left of x = 260, so the same masks pasted on a 260-pixel-wide image are the check.
+    g = torch.Generator().manual_seed(10)
+    masks = torch.rand(3, 28, 28, generator=g)
+    boxes = torch.tensor([[10.5, 59_800.0, 250.0, 59_990.5], [100.0, 100.0, 200.0, 300.0],
+                          [-20.0, 30_000.0, 120.0, 30_200.0]])
+    rles = ops.paste_masks_rle(masks.to(device), boxes.to(device), (60_000, 60_000))
+    narrow = ops.paste_masks(masks, boxes, (60_000, 260))
+    coco = [{"size": r["size"], "counts": r["counts"].encode("ascii")} for r in rles]
+    assert mask_utils.area(coco).tolist() == narrow.sum(dim=(1, 2)).tolist()
+    for bbox, mask in zip(mask_utils.toBbox(coco).tolist(), narrow):
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        assert bbox == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+
+
 def test_non_contiguous_channel_dimension_and_mixed_dtypes(device):
     masks, boxes = _random_case(2, dtype=torch.float64)
     strided_masks = masks.transpose(1, 2).contiguous().transpose(1, 2)
@@ -180,23 +191,27 @@ def test_reference_encoder_matches_pycocotools(shape):
         assert ref.rle_encode(mask) == _pycocotools_rles(mask[None])[0]
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: ops.paste_masks_rle(torch.rand(2, 5), torch.zeros(2, 4), (9, 9)), "masks"),
-    (lambda: ops.paste_masks_rle(torch.rand(2, 3, 5, 5), torch.zeros(2, 4), (9, 9)), "masks"),
-    (lambda: ops.paste_masks_rle(torch.rand(2, 5, 5).long(), torch.zeros(2, 4), (9, 9)), "masks"),
-    (lambda: ops.paste_masks_rle(torch.rand(2, 0, 5), torch.zeros(2, 4), (9, 9)), "masks"),
-    (lambda: ops.paste_masks_rle(torch.rand(2, 5, 5), torch.zeros(2, 5), (9, 9)), "boxes"),
-    (lambda: ops.paste_masks_rle(torch.rand(2, 5, 5), torch.zeros(2, 4).int(), (9, 9)), "boxes"),
-    (lambda: ops.paste_masks_rle(torch.rand(2, 5, 5), torch.zeros(3, 4), (9, 9)), "same length"),
-    (lambda: ops.paste_masks_rle(torch.rand(2, 5, 5), torch.zeros(2, 4), (9,)), "image_shape"),
-    (lambda: ops.paste_masks_rle(torch.rand(2, 5, 5), torch.zeros(2, 4), (-1, 9)), "image_shape"),
-    (lambda: ops.paste_masks_rle(torch.rand(2, 5, 5), torch.zeros(2, 4), (9, 9), threshold=0.0), "threshold"),
-    (lambda: ops.paste_masks_rle(torch.rand(2, 5, 5), torch.zeros(2, 4), (9, 9), threshold=math.nan), "threshold"),
-    (lambda: ops.paste_masks_rle(torch.rand(2, 5, 5), torch.zeros(2, 4), (9, 9), threshold=None), "threshold"),
+GOOD_ARGS = {"masks": torch.rand(2, 5, 5), "boxes": torch.zeros(2, 4), "image_shape": (9, 9)}
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"masks": torch.rand(2, 5)}, "masks"),
+    ({"masks": torch.rand(2, 3, 5, 5)}, "masks"),
+    ({"masks": torch.rand(2, 5, 5).long()}, "masks"),
+    ({"masks": torch.rand(2, 0, 5)}, "masks"),
+    ({"boxes": torch.zeros(2, 5)}, "boxes"),
+    ({"boxes": torch.zeros(2, 4).int()}, "boxes"),
+    ({"boxes": [[0, 0, 1, 1]] * 2}, "boxes"),
+    ({"boxes": torch.zeros(3, 4)}, "same length"),
+    ({"image_shape": (9,)}, "image_shape"),
+    ({"image_shape": (-1, 9)}, "image_shape"),
+    ({"threshold": 0.0}, "threshold"),
+    ({"threshold": math.nan}, "threshold"),
+    ({"threshold": None}, "threshold"),
 ])
-def test_bad_arguments_raise_clear_errors(call, match):
+def test_bad_arguments_raise_clear_errors(bad, match):
     with pytest.raises((ValueError, TypeError), match=match):
-        call()
+        ops.paste_masks_rle(**{**GOOD_ARGS, **bad})
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
@@ -205,16 +220,15 @@ def test_device_mismatch_raises():
         ops.paste_masks_rle(torch.rand(2, 5, 5, device="cuda"), torch.zeros(2, 4), (9, 9))
 
 
-def test_kernel_checks_arguments_without_the_wrapper():
-    paste = torch.ops.pydet.paste_masks_rle
-    with pytest.raises(ValueError, match="masks"):
-        paste(torch.rand(2, 1, 5, 5), torch.zeros(2, 4), 9, 9, 0.5)
-    with pytest.raises(ValueError, match="same length"):
-        paste(torch.rand(2, 5, 5), torch.zeros(1, 4), 9, 9, 0.5)
-    with pytest.raises(ValueError, match="threshold"):
-        paste(torch.rand(2, 5, 5), torch.zeros(2, 4), 9, 9, 0.0)
-    with pytest.raises(ValueError, match="non-negative"):
-        paste(torch.rand(2, 5, 5), torch.zeros(2, 4), 9, -9, 0.5)
+@pytest.mark.parametrize("masks, boxes, width, threshold, match", [
+    (torch.rand(2, 1, 5, 5), torch.zeros(2, 4), 9, 0.5, "masks"),
+    (torch.rand(2, 5, 5), torch.zeros(1, 4), 9, 0.5, "same length"),
+    (torch.rand(2, 5, 5), torch.zeros(2, 4), 9, 0.0, "threshold"),
+    (torch.rand(2, 5, 5), torch.zeros(2, 4), -9, 0.5, "non-negative"),
+])
+def test_kernel_checks_arguments_without_the_wrapper(masks, boxes, width, threshold, match):
+    with pytest.raises(ValueError, match=match):
+        torch.ops.pydet.paste_masks_rle(masks, boxes, 9, width, threshold)
 
 
 def test_kernel_outputs(device):
