@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import math
 import os
 import sys
 import warnings
@@ -32,7 +33,8 @@ def _model_args(pairs: list[str]) -> dict:
 
 
 def _add_model_options(parser: argparse.ArgumentParser, weights_required: bool = False) -> None:
-    parser.add_argument("--model", required=True, help="registered model name (see `pydet models`)")
+    parser.add_argument("--model", required=True,
+                        help="registered model name (see `pydet models`; yolov7-tiny reads as yolov7_tiny)")
     parser.add_argument("--weights", required=weights_required, help="pydet checkpoint (.safetensors), a "
                         "state dict (.pt/.pth, loaded with weights_only=True) or a detectron2 model-zoo .pkl; "
                         "torchvision, YOLOv7, detectron2 R-CNN and CenterMask2 weights are converted")
@@ -68,27 +70,90 @@ def _dataset(args, saved: dict | None = None, transforms=None):
     return CocoDetection(args.data[0], args.data[1], transforms=transforms)
 
 
-def _detect(args) -> int:
-    from . import models
-    from .engine import build_model, detect
-    from .engine.detect import open_source
-
+def _check_detect_args(args) -> None:
+    threshold = args.score_threshold
+    if not (math.isfinite(threshold) and 0 <= threshold <= 1):
+        raise ValueError(f"--score-threshold must be a number in [0, 1], got {threshold}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.out_video and args.out_dir:
         raise ValueError("give --out-video or --out-dir, not both")
-    source = Path(args.input)
-    open_source(source)  # an unreadable input fails before the model is built
-    model, label_map, _ = build_model(args.model, args.weights, **_model_args(args.model_arg))
+
+
+def _build_model(args):
+    """``build_model`` for ``--model``/``--weights``/``--model-arg``; a ``--model-arg`` the model does not
+    take is one line naming it."""
+    from .engine import build_model
+
+    overrides = _model_args(args.model_arg)
+    try:
+        return build_model(args.model, args.weights, **overrides)
+    except TypeError as exc:
+        unknown = [key for key in overrides if f"'{key}'" in str(exc)]
+        if not unknown:
+            raise
+        raise ValueError(f"--model-arg {unknown[0]}: {args.model} has no setting of that name") from None
+
+
+def _detect_outputs(args, inputs: list[Path]) -> list[dict]:
+    """Per input, the ``detect`` output arguments: as given for one input; under ``--out-dir`` for several
+    (``NAME.json``, and ``NAME.mp4`` for a video or ``NAME/`` of PNGs for images)."""
+    from .engine.detect import is_video, output_names
+
+    if len(inputs) == 1 and not args.several:
+        return [{"out_json": args.out_json, "out_video": args.out_video, "out_dir": args.out_dir}]
+    out = Path(args.out_dir)
+    return [{"out_json": out / f"{name}.json", "out_video": out / f"{name}.mp4" if is_video(path) else None,
+             "out_dir": None if is_video(path) else out / name} for path, name in zip(inputs, output_names(inputs))]
+
+
+def _detect(args) -> int:
+    from . import models
+    from .engine import detect, init_distributed
+    from .engine.detect import check_outputs, expand_inputs, is_video, open_source, write_manifest
+
+    _check_detect_args(args)
+    inputs = expand_inputs(args.input)
+    args.several = len(args.input) > 1 or len(inputs) > 1
+    if args.several and (args.out_json or args.out_video or not args.out_dir):
+        raise ValueError("several inputs write their results under --out-dir (one NAME.json per input), "
+                         "not --out-json/--out-video")
+    for path in inputs:  # an unreadable input fails before the model is built
+        open_source(path)
+        if args.track and not is_video(path):
+            raise ValueError(f"{path}: --track follows objects through a video; this is not one")
+    outputs = _detect_outputs(args, inputs)
+    for out in outputs:
+        check_outputs(**out)
+    device = init_distributed(_device(args.device))
+    model, label_map, _ = _build_model(args)
     if args.weights is None:
         warnings.warn(f"no --weights: {args.model} is randomly initialised", RuntimeWarning)
     with_masks = models.spec(args.model).has_masks
-    stats = detect(model, source, label_map=label_map, with_masks=with_masks, score_threshold=args.score_threshold,
-                   batch_size=args.batch_size, device=_device(args.device), out_json=args.out_json,
-                   out_video=args.out_video, out_dir=args.out_dir, progress=not args.quiet)
-    unit = "images" if source.is_dir() or stats.images == 1 and not args.out_video else "frames"
-    print(f"{stats.images} {unit}, {stats.detections} detections in {stats.seconds:.1f} s: "
-          f"{stats.images_per_s:.1f} {unit}/s end to end, "
-          f"{stats.images / max(stats.model_seconds, 1e-9):.1f} {unit}/s in the model", file=sys.stderr)
+    rank, world = _rank(), _world_size()
+    rows = []
+    for index, (path, out) in list(enumerate(zip(inputs, outputs)))[rank::world]:
+        stats = detect(model, path, label_map=label_map, with_masks=with_masks, score_threshold=args.score_threshold,
+                       batch_size=args.batch_size, device=device, tracker=_tracker() if args.track else None,
+                       progress=not args.quiet, **out)
+        rows.append({"index": index, "input": str(path), **{k: str(v) for k, v in out.items() if v is not None},
+                     "images": stats.images, "detections": stats.detections, "seconds": round(stats.seconds, 3),
+                     "model_seconds": round(stats.model_seconds, 3), "rank": rank})
+        unit = "frames" if is_video(path) else "images"
+        print(f"{path}: {stats.images} {unit}, {stats.detections} detections in {stats.seconds:.1f} s: "
+              f"{stats.images_per_s:.1f} {unit}/s end to end, "
+              f"{stats.images / max(stats.model_seconds, 1e-9):.1f} {unit}/s in the model", file=sys.stderr)
+    if args.several:
+        manifest = write_manifest(rows, Path(args.out_dir))
+        if manifest is not None:
+            print(f"results of {len(inputs)} inputs: {manifest}", file=sys.stderr)
     return 0
+
+
+def _tracker():
+    from .tracking import ByteTracker
+
+    return ByteTracker()
 
 
 def _device(name: str | None):
@@ -96,7 +161,17 @@ def _device(name: str | None):
 
     from .engine.train import default_device
 
-    return torch.device(name) if name else default_device()
+    if not name:
+        return default_device()
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: not a device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices")
+    return device
 
 
 def _train(args) -> int:
@@ -155,13 +230,19 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def _eval(args) -> int:
     from . import models
-    from .engine import LabelMap, build_model, evaluate
+    from .engine import LabelMap, evaluate
 
     # a COCO annotation file is checked before the model is built; synthetic data follows the checkpoint
     dataset = None if args.data == ["synthetic"] else _dataset(args)
-    model, label_map, meta = build_model(args.model, args.weights, **_model_args(args.model_arg))
+    model, label_map, meta = _build_model(args)
     dataset = dataset or _dataset(args, saved=meta.get("synthetic"))
     if args.coco_ids:
         label_map = LabelMap.for_model(args.model, dataset.categories, coco_ids=True)
@@ -197,14 +278,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pydet", description="Object detection and instance segmentation.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("detect", help="detect objects in an image, a folder of images or a video")
-    p.add_argument("input", metavar="INPUT", help="image file, folder of images, or video file")
+    p = sub.add_parser("detect", help="detect objects in images, folders of images and videos")
+    p.add_argument("input", metavar="INPUT", nargs="+",
+                   help="image file, folder of images, video file, or a .txt/.lst file listing them; several "
+                        "inputs are processed in turn (shared among the processes of a torchrun launch)")
     _add_model_options(p)
-    p.add_argument("--score-threshold", type=float, default=0.5, help="keep detections scoring at least this")
-    p.add_argument("--out-json", help="COCO results JSON")
-    p.add_argument("--out-video", help="annotated video (video INPUT)")
-    p.add_argument("--out-dir", help="folder for annotated images (PNG)")
+    p.add_argument("--score-threshold", type=float, default=0.5,
+                   help="keep detections scoring at least this (lowers the model's own threshold if needed)")
+    p.add_argument("--out-json", help="COCO results JSON (one input)")
+    p.add_argument("--out-video", help="annotated video (one video INPUT)")
+    p.add_argument("--out-dir", help="one input: folder for annotated images (PNG); several inputs: folder for "
+                   "NAME.json and NAME.mp4 (videos) or NAME/ (images) per input, and manifest.json")
     p.add_argument("--batch-size", type=int, default=4, help="images or frames per model call")
+    p.add_argument("--track", action="store_true", help="follow objects through videos (ByteTrack): adds "
+                   "track_id to each JSON record and draws the ids")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_detect)
 

@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,3 +170,137 @@ def test_weights_that_do_not_fit_are_one_line_naming_the_key(tmp_path, capsys):
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"pydet: error: {weights}: weights do not fit")
     assert "cls_score.weight has shape (5, 512) in the weights, (91, 512) in the model" in lines[0]
+
+
+# --- pydet detect: errors caught before the work starts, model names, several inputs ---
+
+def _clip(path, frames=4, seed=1):
+    write_synthetic_video(path, num_frames=frames, image_size=(64, 96), fps=10, seed=seed)
+    return path
+
+
+def _one_error_line(capsys, argv):
+    assert main(argv) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pydet: error: "), lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("option", ["--out-json", "--out-video", "--out-dir"])
+def test_output_under_a_regular_file_fails_before_the_model_is_built(tmp_path, capsys, option, monkeypatch):
+    clip = _clip(tmp_path / "clip.mp4")
+    blocker = tmp_path / "results"
+    blocker.write_text("a file, not a folder")
+    monkeypatch.setattr("pydet.engine.build_model", lambda *a, **k: pytest.fail("the model was built"))
+    line = _one_error_line(capsys, ["detect", str(clip), "--model", "yolov7_tiny", option, str(blocker / "out.mp4")])
+    assert str(blocker) in line and "not a directory" in line and option in line
+
+
+def test_unknown_video_format_names_the_file(tmp_path, capsys):
+    out = tmp_path / "out.xyz"
+    line = _one_error_line(capsys, ["detect", str(_clip(tmp_path / "clip.mp4")), "--model", "yolov7_tiny",
+                                    "--out-video", str(out)])
+    assert str(out) in line and "cannot create video" in line
+
+
+def test_misspelt_model_arg_is_one_line(tmp_path, capsys):
+    line = _one_error_line(capsys, ["detect", str(_clip(tmp_path / "clip.mp4")), "--model", "yolov7_tiny",
+                                    "--model-arg", "box_score_thres=0.3"])
+    assert line == "pydet: error: --model-arg box_score_thres: yolov7_tiny has no setting of that name"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="has a CUDA device")
+def test_cuda_device_without_a_gpu_is_one_line(tmp_path, capsys):
+    line = _one_error_line(capsys, ["detect", str(_clip(tmp_path / "clip.mp4")), "--model", "yolov7_tiny",
+                                    "--device", "cuda"])
+    assert line == "pydet: error: --device cuda: no CUDA device is available"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-0.1", "1.5"])
+def test_score_threshold_out_of_range_is_one_line(tmp_path, capsys, value):
+    line = _one_error_line(capsys, ["detect", str(_clip(tmp_path / "clip.mp4")), "--model", "yolov7_tiny",
+                                    "--score-threshold", value])
+    assert "--score-threshold must be a number in [0, 1]" in line
+
+
+def test_official_model_spelling_and_lowered_threshold_notice(tmp_path, capsys):
+    out_json = tmp_path / "det.json"
+    assert main(["detect", str(_clip(tmp_path / "clip.mp4")), "--model", "yolov7-tiny", "--model-arg", "img_size=64",
+                 "--score-threshold", "0.01", "--out-json", str(out_json), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("below the model's own 0.25") == 1
+    assert all(r["score"] >= 0.01 for r in json.loads(out_json.read_text()))
+
+
+YOLO_64 = ["--model", "yolov7_tiny", "--model-arg", "img_size=64", "--model-arg", "num_classes=3",
+           "--score-threshold", "0.2", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Three clips (two with the same name) listed in a text file, and yolov7-tiny weights for 64 px."""
+    import torch
+
+    from pydet import models
+
+    root = tmp_path_factory.mktemp("inputs")
+    for sub in ("a", "b"):
+        (root / sub).mkdir()
+    clips = [_clip(root / "a" / "clip.mp4", seed=1), _clip(root / "b" / "clip.mp4", seed=2),
+             _clip(root / "other.mp4", frames=3, seed=3)]
+    listing = root / "clips.txt"
+    listing.write_text("a/clip.mp4\nb/clip.mp4\n")
+    torch.manual_seed(0)
+    weights = root / "yolo.pt"
+    torch.save(models.build("yolov7_tiny", num_classes=3, img_size=64).state_dict(), weights)
+    return {"args": [str(listing), str(clips[2])], "weights": str(weights), "names": ["clip", "clip-2", "other"]}
+
+
+def test_several_inputs_write_one_result_per_input_and_a_manifest(inputs, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["detect", *inputs["args"], "--weights", inputs["weights"], "--out-dir", str(out), *YOLO_64]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [Path(r["out_json"]).stem for r in manifest["inputs"]] == inputs["names"]
+    assert [r["images"] for r in manifest["inputs"]] == [4, 4, 3] and manifest["images"] == 11
+    for row in manifest["inputs"]:
+        records = json.loads(Path(row["out_json"]).read_text())
+        assert len(records) == row["detections"] and Path(row["out_video"]).stat().st_size > 0
+    assert main(["detect", *inputs["args"], "--weights", inputs["weights"], "--out-json", str(tmp_path / "x.json"),
+                 *YOLO_64]) == 1
+    assert "--out-dir" in capsys.readouterr().err.splitlines()[-1]
+
+
+def _detect_rank(rank, port, argv):
+    import os
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        assert main(argv) == 0
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned processes importing torch: ~40 s on the loaded 2-core machine
+def test_torchrun_processes_share_the_inputs_and_merge(inputs, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    single, shared = tmp_path / "single", tmp_path / "shared"
+    argv = ["detect", *inputs["args"], "--weights", inputs["weights"], *YOLO_64]
+    assert main(argv + ["--out-dir", str(single)]) == 0
+    mp.start_processes(_detect_rank, args=(port, argv + ["--out-dir", str(shared)]), nprocs=2, start_method="spawn")
+    manifest = json.loads((shared / "manifest.json").read_text())
+    assert [r["rank"] for r in manifest["inputs"]] == [0, 1, 0]  # round robin over the inputs
+    for name in inputs["names"]:
+        assert json.loads((shared / f"{name}.json").read_text()) == json.loads((single / f"{name}.json").read_text())

@@ -194,8 +194,14 @@ class SyntheticShapes(Dataset):
 
 def write_synthetic_video(path: str | os.PathLike, num_frames: int = 60, image_size: int | Sequence[int] = (240, 320),
                           fps: float = 15.0, num_classes: int = 3, num_objects: int = 4,
-                          object_size: tuple[float, float] = (0.18, 0.4), seed: int = 0, codec: str | None = None) -> None:
-    """Write a clip of shapes gliding and bouncing over a textured background (PyAV)."""
+                          object_size: tuple[float, float] = (0.18, 0.4), seed: int = 0, codec: str | None = None,
+                          return_targets: bool = False) -> list[dict] | None:
+    """Write a clip of shapes gliding and bouncing over a textured background (PyAV).
+
+    ``return_targets``: also return each frame's ground truth (frame ``k`` is list item ``k``), as
+    :class:`SyntheticShapes` targets (``boxes``, ``labels`` in ``0..num_classes-1``, ``masks``, ``image_id``
+    the frame number); they are kept in memory, so only for short clips.
+    """
     from .video import VideoWriter
 
     h, w = _pair(image_size)
@@ -205,10 +211,14 @@ def write_synthetic_video(path: str | os.PathLike, num_frames: int = 60, image_s
                            min_objects=num_objects)
     speed = min(h, w) / 60
     velocities = [rng.uniform(-speed, speed, 2) for _ in shapes]
+    targets = []
     with VideoWriter(path, fps=fps, codec=codec) as writer:
-        for _ in range(num_frames):
-            image = render(background, shapes, rng)[0]
+        for index in range(num_frames):
+            image, boxes, labels, masks = render(background, shapes, rng)
             writer.write((image * 255 + 0.5).astype(np.uint8))
+            if return_targets:
+                targets.append({"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels),
+                                "masks": torch.from_numpy(masks), "image_id": index})
             for shape, velocity in zip(shapes, velocities):
                 shape.box = shape.box + np.tile(velocity, 2)
                 for axis, limit in ((0, w), (1, h)):
@@ -216,3 +226,4 @@ def write_synthetic_video(path: str | os.PathLike, num_frames: int = 60, image_s
                         velocity[axis] = -velocity[axis]
                         shift = -shape.box[axis] if shape.box[axis] < 0 else limit - shape.box[axis + 2]
                         shape.box[[axis, axis + 2]] += shift
+    return targets if return_targets else None

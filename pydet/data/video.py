@@ -19,6 +19,31 @@ from ..errors import InputError, require_file
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 
 
+def check_output_path(path: str | os.PathLike, option: str) -> Path:
+    """``path`` as an output file of ``option``: refused now, before any work, when it is a folder or
+    when a file stands where one of its parent folders should be (the parents are made otherwise)."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: {option} names a directory, not a file")
+    check_output_dir(path.parent, option)
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, option: str) -> Path:
+    """``path`` as an output folder of ``option``, made if missing; a file in the way is an error."""
+    path = Path(path)
+    for folder in (path, *path.parents):
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"{path}: {option}: {folder} is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{path}: {option}: cannot create the directory ({exc.strerror})") from None
+    if not os.access(path, os.W_OK):
+        raise InputError(f"{path}: {option}: permission denied")
+    return path
+
+
 def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
@@ -158,7 +183,7 @@ class VideoWriter:
         self.quality = quality
         try:
             self._container = av.open(str(self.path), "w")
-        except av.error.FFmpegError as exc:
+        except (av.error.FFmpegError, ValueError) as exc:  # ValueError: no container for the suffix
             raise InputError(f"{self.path}: cannot create video ({exc})") from None
         self._stream = None
 

@@ -1,51 +1,73 @@
-"""Detection on an image, a folder of images or a video: COCO-results JSON and annotated output.
+"""Detection on images, folders of images and videos: COCO-results JSON and annotated output, streamed.
 
-Video is decoded as a stream and batched through the model, so memory does not grow with its length.
-The model does its own preprocessing (resize or letterbox); frames go in as RGB in [0, 1].
+Three stages overlap: a decoding thread fills a bounded queue with frames, the calling thread batches
+them through the model, and a writing thread turns each batch's outputs into results (score filter,
+masks to RLE, track ids, drawing, video encoding, JSON records) while the model runs on the next batch.
+Every queue is bounded and records go to disk as they come, so memory does not grow with a video's
+length. The model does its own preprocessing (resize or letterbox); frames go in as RGB in [0, 1].
 """
 from __future__ import annotations
 
 import json
 import os
+import queue
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..data.video import (IMAGE_EXTENSIONS, InputError, VideoWriter, is_image_file, list_images, probe_video,
-                          read_image, read_video, write_image)
-from .evaluate import detections_to_coco
+from .. import ops
+from ..data.video import (IMAGE_EXTENSIONS, InputError, VideoWriter, check_output_dir, check_output_path,
+                          is_image_file, list_images, probe_video, read_image, read_video, write_image)
+from .evaluate import detections_to_coco, mask_rles
 from .model_info import LabelMap
 
 _PALETTE = np.array([(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
                      (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128),
                      (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195)], dtype=np.uint8)
+# Where each model family keeps the score threshold of its own post-processing (YOLOv7, R-CNN, CenterMask2).
+_SCORE_THRESHOLDS = ("box_score_thresh", "roi_heads.score_thresh", "fcos.score_thresh")
+LIST_EXTENSIONS = (".txt", ".lst")
 
 
-def draw_detections(image: np.ndarray, detection: dict, label_map: LabelMap, mask_alpha: float = 0.45) -> np.ndarray:
-    """``image`` (RGB uint8 ``[H, W, 3]``) with translucent masks, boxes and ``name score`` captions."""
+def _binary_masks(detection: dict, image_shape: tuple[int, int]) -> Iterator[np.ndarray]:
+    """Each detection's ``bool [H, W]`` mask, one at a time (box-relative masks are pasted one by one)."""
+    if "mask_probs" in detection:
+        for probs, box in zip(detection["mask_probs"], detection["boxes"]):
+            yield ops.paste_masks(probs[None], box[None], image_shape, threshold=0.5)[0].numpy()
+    elif "masks" in detection:
+        yield from (detection["masks"][:, 0] >= 0.5).numpy()
+
+
+def draw_detections(image: np.ndarray, detection: dict, label_map: LabelMap, mask_alpha: float = 0.45,
+                    track_ids: torch.Tensor | None = None) -> np.ndarray:
+    """``image`` (RGB uint8 ``[H, W, 3]``) with translucent masks, boxes and ``[#track] name score`` captions.
+
+    ``detection`` holds only detections to draw, all of known classes.
+    """
     from PIL import Image, ImageDraw
 
     labels = label_map.to_dataset(detection["labels"])
-    known = labels >= 0
-    colours = _PALETTE[labels[known].numpy() % len(_PALETTE)]
+    colour_keys = track_ids if track_ids is not None else labels
+    colours = _PALETTE[colour_keys.clamp(min=0).numpy() % len(_PALETTE)]
     out = image.copy()
-    if "masks" in detection:
-        for mask, colour in zip(detection["masks"][known][:, 0].numpy() >= 0.5, colours):
-            out[mask] = (out[mask] * (1 - mask_alpha) + colour * mask_alpha).astype(np.uint8)
+    for mask, colour in zip(_binary_masks(detection, image.shape[:2]), colours):
+        out[mask] = (out[mask] * (1 - mask_alpha) + colour * mask_alpha).astype(np.uint8)
     canvas = Image.fromarray(out)
     draw = ImageDraw.Draw(canvas)
-    boxes, scores = detection["boxes"][known].tolist(), detection["scores"][known].tolist()
-    for box, score, name, colour in zip(boxes, scores, label_map.names(labels[known]), colours):
+    prefixes = [f"#{t} " if t >= 0 else "" for t in track_ids.tolist()] if track_ids is not None else [""] * len(labels)
+    boxes, scores = detection["boxes"].tolist(), detection["scores"].tolist()
+    for box, score, name, colour, prefix in zip(boxes, scores, label_map.names(labels), colours, prefixes):
         colour = tuple(int(c) for c in colour)
         draw.rectangle(box, outline=colour, width=2)
-        caption = f"{name} {score:.2f}"
+        caption = f"{prefix}{name} {score:.2f}"
         left, top, right, bottom = draw.textbbox((box[0], box[1]), caption)
         lift = bottom - top + 2 if top - (bottom - top + 2) >= 0 else 0  # above the box, or inside at the top
         draw.rectangle((left, top - lift, right + 2, bottom - lift), fill=colour)
@@ -91,11 +113,223 @@ def open_source(source: str | os.PathLike) -> tuple[Iterator[_Item], int | None,
     return _frames(source), info.num_frames, info.fps
 
 
+def is_video(source: str | os.PathLike) -> bool:
+    source = Path(source)
+    return not source.is_dir() and not is_image_file(source)
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """The inputs named on the command line, with each text file (``.txt``, ``.lst``) replaced by the
+    paths it lists, one per line (blank lines and ``#`` comments skipped, relative to the list's folder)."""
+    out = []
+    for entry in map(Path, inputs):
+        if entry.suffix.lower() not in LIST_EXTENSIONS:
+            out.append(entry)
+            continue
+        try:
+            lines = entry.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{entry}: cannot read the input list ({exc})") from None
+        listed = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        if not listed:
+            raise InputError(f"{entry}: the input list names no file")
+        out += [entry.parent / line for line in listed]
+    return out
+
+
+def output_names(inputs: list[Path]) -> list[str]:
+    """One output name per input: its file stem, with ``-2``, ``-3`` ... for repeated stems."""
+    names, seen = [], {}
+    for path in inputs:
+        stem = path.stem or "input"
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    return names
+
+
+def _get_attr(model: nn.Module, dotted: str):
+    for part in dotted.split("."):
+        model = getattr(model, part, None)
+    return model
+
+
+def lower_score_threshold(model: nn.Module, threshold: float) -> tuple[str, float] | None:
+    """Lower the model's own score threshold to ``threshold`` when it is higher (else the model would
+    drop what ``--score-threshold`` asks to keep); returns ``(attribute, old value)`` to restore, or None."""
+    for dotted in _SCORE_THRESHOLDS:
+        current = _get_attr(model, dotted)
+        if isinstance(current, (int, float)) and not isinstance(current, bool):
+            if threshold >= current:
+                return None
+            owner, _, attr = dotted.rpartition(".")
+            setattr(_get_attr(model, owner) if owner else model, attr, type(current)(threshold))
+            return dotted, current
+    return None
+
+
+def _restore(model: nn.Module, lowered: tuple[str, float] | None) -> None:
+    if lowered is not None:
+        owner, _, attr = lowered[0].rpartition(".")
+        setattr(_get_attr(model, owner) if owner else model, attr, lowered[1])
+
+
+class _JsonArray:
+    """A JSON array written record by record: ``[`` at the start, ``]`` at :meth:`close` (also after an
+    error, so an interrupted run leaves the valid results of the frames it finished)."""
+
+    def __init__(self, path: Path):
+        self._file = open(path, "w", encoding="utf-8")
+        self._file.write("[")
+        self._first = True
+
+    def extend(self, records: list[dict]) -> None:
+        for record in records:
+            self._file.write("\n" if self._first else ",\n")
+            json.dump(record, self._file)
+            self._first = False
+
+    def close(self) -> None:
+        self._file.write("\n]\n" if not self._first else "]\n")
+        self._file.close()
+
+
+def prefetch(items: Iterator, depth: int) -> Iterator:
+    """``items``, produced by a background thread at most ``depth`` ahead (decoding overlaps the model).
+
+    An exception in the producer is raised here, in the consumer, at the point it occurred.
+    """
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        buffer.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put((done, None))
+        except BaseException as exc:  # handed to the consumer
+            buffer.put((done, exc))
+
+    thread = threading.Thread(target=produce, name="pydet-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = buffer.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+class _Stage:
+    """A thread applying ``fn`` to submitted work in order, with at most ``depth`` pieces waiting; its
+    first exception is raised by the next :meth:`submit` or by :meth:`close`."""
+
+    def __init__(self, fn: Callable, depth: int = 2):
+        self._fn, self._error = fn, None
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._run, name="pydet-write", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            work = self._queue.get()
+            if work is None:
+                return
+            if self._error is None:
+                try:
+                    self._fn(*work)
+                except BaseException as exc:
+                    self._error = exc
+
+    def submit(self, *work) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(work)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+class _Results:
+    """Per frame: the kept detections, their masks as RLE, track ids, JSON records and drawings."""
+
+    def __init__(self, label_map: LabelMap, with_masks: bool, score_threshold: float, *, out_json=None,
+                 out_video=None, fps=None, out_dir=None, tracker=None):
+        self.label_map, self.with_masks, self.score_threshold = label_map, with_masks, score_threshold
+        self.tracker = tracker
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.json = _JsonArray(Path(out_json)) if out_json is not None else None
+        try:
+            self.video = VideoWriter(out_video, fps=fps) if out_video is not None else None
+        except BaseException:
+            self.close()
+            raise
+        self.images = self.detections = 0
+
+    def _kept(self, output: dict) -> dict:
+        output = {k: v.cpu() for k, v in output.items()}
+        keep = (output["scores"] >= self.score_threshold) & (self.label_map.to_dataset(output["labels"]) >= 0)
+        return {k: v[keep] for k, v in output.items()}
+
+    def _records(self, item: _Item, detection: dict, track_ids: torch.Tensor | None) -> list[dict]:
+        records = detections_to_coco(detection, item.image_id, self.label_map, with_masks=False)
+        if self.with_masks:
+            image_shape = item.image.shape[:2]
+            if "mask_probs" in detection:  # box-relative: pasted straight to RLE, no full-frame mask
+                rles = ops.paste_masks_rle(detection["mask_probs"], detection["boxes"], image_shape, 0.5)
+            else:
+                rles = mask_rles(detection["masks"], detection["boxes"], image_shape)
+            for record, rle in zip(records, rles):
+                record["segmentation"] = rle
+        if track_ids is not None:
+            for record, track_id in zip(records, track_ids.tolist()):
+                record["track_id"] = int(track_id)
+        return records
+
+    @torch.no_grad()  # runs in its own thread, outside the caller's inference mode
+    def write_batch(self, items: list[_Item], outputs: list[dict]) -> None:
+        for item, output in zip(items, outputs):
+            detection = self._kept(output)
+            track_ids = None
+            if self.tracker is not None:
+                track_ids = self.tracker.update(detection["boxes"], detection["scores"], detection["labels"])
+            if self.json is not None:
+                self.json.extend(self._records(item, detection, track_ids))
+            if self.video is not None or self.out_dir is not None:
+                annotated = draw_detections(item.image, detection, self.label_map, track_ids=track_ids)
+                if self.video is not None:
+                    self.video.write(annotated)
+                if self.out_dir is not None:
+                    write_image(self.out_dir / f"{item.name}.png", annotated)
+            self.images += 1
+            self.detections += len(detection["scores"])
+
+    def close(self) -> None:
+        for sink in (self.json, getattr(self, "video", None)):
+            if sink is not None:
+                sink.close()
+
+
 @dataclass
 class DetectStats:
     images: int
     detections: int
-    seconds: float  # wall time of the whole loop: decoding, model, drawing and encoding
+    seconds: float  # wall time of the whole run: decoding, model, post-processing, drawing and encoding
     model_seconds: float
 
     @property
@@ -103,70 +337,112 @@ class DetectStats:
         return self.images / max(self.seconds, 1e-9)
 
 
+def _batches(items: Iterator, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _set_box_relative_masks(model: nn.Module, value: bool) -> bool:
+    """Switch a mask model to box-relative masks (RLE without full-frame masks); returns the old setting."""
+    old = getattr(model, "box_relative_masks", None)
+    if old is not None:
+        model.box_relative_masks = value
+    return bool(old)
+
+
+def check_outputs(out_json=None, out_video=None, out_dir=None) -> None:
+    """Refuse unusable output paths before any work starts (the parents of the files are made)."""
+    if out_json is not None:
+        check_output_path(out_json, "--out-json")
+    if out_video is not None:
+        check_output_path(out_video, "--out-video")
+        VideoWriter(out_video).close()  # a suffix FFmpeg knows no container for fails now (nothing is written)
+    if out_dir is not None:
+        check_output_dir(out_dir, "--out-dir")
+
+
 @torch.inference_mode()
 def detect(model: nn.Module, source: str | os.PathLike, *, label_map: LabelMap, with_masks: bool = False,
            score_threshold: float = 0.5, batch_size: int = 4, device: str | torch.device = "cpu",
            out_json: str | os.PathLike | None = None, out_video: str | os.PathLike | None = None,
-           out_dir: str | os.PathLike | None = None, progress: bool = True) -> DetectStats:
+           out_dir: str | os.PathLike | None = None, tracker=None, progress: bool = True) -> DetectStats:
     """Run ``model`` over ``source`` (an image, a folder of images or a video) and write the outputs.
 
-    ``out_json``: COCO results, one record per detection with ``image_id`` the image's position in the
-    sorted folder or the frame number. ``out_video`` (video sources): the annotated video at the
-    source's frame rate. ``out_dir``: annotated images (PNG), one per image or frame.
+    ``out_json``: COCO results, one record per detection scoring at least ``score_threshold``, with
+    ``image_id`` the image's position in the sorted folder or the frame number (a damaged frame is
+    skipped with a warning; the others keep their numbers), ``segmentation`` as RLE for mask models and
+    ``track_id`` with a ``tracker`` (e.g. :class:`pydet.tracking.ByteTracker`, updated once per frame).
+    ``out_video`` (video sources): the annotated video at the source's frame rate. ``out_dir``:
+    annotated images (PNG), one per image or frame. The model's own score threshold is lowered to
+    ``score_threshold`` for the run when it is higher.
     """
     from tqdm import tqdm
 
+    if not batch_size >= 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     items, total, fps = open_source(source)
     if out_video is not None and fps is None:
         raise InputError(f"{source}: --out-video needs a video input; use --out-dir for images")
-    if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-
+    check_outputs(out_json, out_video, out_dir)
     device = torch.device(device)
     model.to(device).eval()
-    writer = VideoWriter(out_video, fps=fps) if out_video is not None else None
-    records: list[dict] = []
-    count, model_seconds = 0, 0.0
-    start = time.perf_counter()
+    lowered = lower_score_threshold(model, score_threshold)
+    if lowered is not None:
+        warnings.warn(f"--score-threshold {score_threshold:g} is below the model's own {lowered[1]:g}: "
+                      f"lowered it for this run", RuntimeWarning, stacklevel=2)
+    box_relative = _set_box_relative_masks(model, True)
+    results = _Results(label_map, with_masks, score_threshold, out_json=out_json, out_video=out_video, fps=fps,
+                       out_dir=out_dir, tracker=tracker)
     bar = tqdm(total=total, desc="detect", unit="frame" if fps else "image", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
-
-    def run(batch: list[_Item]) -> None:
-        nonlocal count, model_seconds
-        tensors = [torch.from_numpy(item.image).to(device).permute(2, 0, 1).float().div_(255) for item in batch]
-        t0 = time.perf_counter()
-        outputs = model(tensors)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        model_seconds += time.perf_counter() - t0
-        for item, output in zip(batch, outputs):
-            output = {k: v.cpu() for k, v in output.items()}
-            keep = output["scores"] >= score_threshold
-            output = {k: v[keep] for k, v in output.items()}
-            records.extend(detections_to_coco(output, item.image_id, label_map, with_masks))
-            if writer is not None or out_dir is not None:
-                annotated = draw_detections(item.image, output, label_map)
-                if writer is not None:
-                    writer.write(annotated)
-                if out_dir is not None:
-                    write_image(Path(out_dir) / f"{item.name}.png", annotated)
-        count += len(batch)
-        bar.update(len(batch))
-
+    start, model_seconds = time.perf_counter(), 0.0
     try:
-        batch: list[_Item] = []
-        for item in items:
-            batch.append(item)
-            if len(batch) == batch_size:
-                run(batch)
-                batch = []
-        if batch:
-            run(batch)
+        writer = _Stage(results.write_batch)
+        try:
+            for batch in _batches(prefetch(items, depth=2 * batch_size), batch_size):
+                tensors = [torch.from_numpy(item.image).to(device).permute(2, 0, 1).float().div_(255)
+                           for item in batch]
+                t0 = time.perf_counter()
+                outputs = model(tensors)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                model_seconds += time.perf_counter() - t0
+                writer.submit(batch, outputs)
+                bar.update(len(batch))
+        finally:
+            writer.close()
     finally:
         bar.close()
-        if writer is not None:
-            writer.close()
-    if out_json is not None:
-        with open(out_json, "w", encoding="utf-8") as f:
-            json.dump(records, f)
-    return DetectStats(count, len(records), time.perf_counter() - start, model_seconds)
+        results.close()
+        _restore(model, lowered)
+        _set_box_relative_masks(model, box_relative)
+    return DetectStats(results.images, results.detections, time.perf_counter() - start, model_seconds)
+
+
+def write_manifest(rows: list[dict], out_dir: Path) -> Path | None:
+    """Merge the per-input summaries (``index``, ``input``, output paths, counts) of every process into
+    ``out_dir/manifest.json``, in the inputs' order; returns its path on the writing process.
+
+    Under ``torch.distributed`` every process sends its rows to all (which also waits for all of them to
+    finish) and rank 0 writes; other ranks return None.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, rows)
+        if dist.get_rank() != 0:
+            return None
+        rows = [row for part in gathered for row in part]
+    rows = sorted(rows, key=lambda row: row["index"])
+    manifest = {"inputs": rows, "images": sum(r["images"] for r in rows),
+                "detections": sum(r["detections"] for r in rows)}
+    path = Path(out_dir) / "manifest.json"
+    path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    return path

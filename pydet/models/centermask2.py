@@ -40,7 +40,11 @@ class CenterMask2(nn.Module):
 
     ``backbone`` maps a ``[B, 3, H, W]`` batch to five feature maps (P3-P7, strides 8-128) with
     ``backbone.out_channels`` channels. The keyword arguments are the settings of the official configs.
+    Eval masks are pasted into the image (``masks [D, 1, H, W]``); with ``box_relative_masks = True`` they
+    stay box-relative, as ``mask_probs [D, M, M]`` (for ``pydet.ops.paste_masks_rle``).
     """
+
+    box_relative_masks = False
 
     def __init__(self, backbone: nn.Module, num_classes: int = 80, *,
                  min_size: int | Sequence[int] = (640, 672, 704, 736, 768, 800), max_size: int = 1333,
@@ -55,7 +59,7 @@ class CenterMask2(nn.Module):
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
         self.num_classes = num_classes
-        self.transform = GeneralizedRCNNTransform(min_size, max_size)
+        self.transform = GeneralizedRCNNTransform(min_size, max_size, clip_output=True)
         self.backbone = backbone
         channels = backbone.out_channels
         self.fcos = FCOS(FCOSHead(channels, num_classes, num_convs=head_convs, num_levels=len(LEVELS)),
@@ -155,16 +159,13 @@ class CenterMask2(nn.Module):
                      original_sizes: list[tuple[int, int]]) -> list[dict]:
         """Boxes back to the input image, clipped to it (boxes left empty are dropped), masks pasted into
         the clipped boxes: detectron2's ``detector_postprocess``."""
-        detections = self.transform.postprocess(detections, image_sizes, original_sizes)
-        results = []
+        detections = self.transform.postprocess(detections, image_sizes, original_sizes)  # clips, drops empty
         for det, size in zip(detections, original_sizes):
-            boxes = ops.clip_boxes_to_image(det["boxes"], size)
-            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-            det = {key: value[keep] for key, value in det.items()}
-            det["boxes"] = boxes[keep]
-            det["masks"] = ops.paste_masks(det["masks"][:, 0], det["boxes"], size, threshold=None)[:, None]
-            results.append(det)
-        return results
+            if self.box_relative_masks:
+                det["mask_probs"] = det.pop("masks")[:, 0]
+            else:
+                det["masks"] = ops.paste_masks(det["masks"][:, 0], det["boxes"], size, threshold=None)[:, None]
+        return detections
 
 
 def _backbone(name: str, out_channels: int, norm: type[nn.Module], stride_in_1x1: bool) -> BackboneWithFPN:

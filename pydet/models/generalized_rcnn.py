@@ -37,8 +37,11 @@ class GeneralizedRCNN(nn.Module):
 
     Eval: one dict per image with ``boxes [D, 4]`` in the input image's pixels, ``scores [D]``,
     ``labels [D]`` int64 and for mask models ``masks [D, 1, H, W]`` float probabilities pasted into the
-    input image with ``pydet.ops.paste_masks``.
+    input image with ``pydet.ops.paste_masks``; with ``box_relative_masks = True`` they stay box-relative
+    instead, as ``mask_probs [D, M, M]`` (for ``pydet.ops.paste_masks_rle``, which never needs full-frame masks).
     """
+
+    box_relative_masks = False
 
     def __init__(self, transform: GeneralizedRCNNTransform, backbone: nn.Module, rpn: RegionProposalNetwork,
                  roi_heads: RoIHeads, num_classes: int):
@@ -74,7 +77,9 @@ class GeneralizedRCNN(nn.Module):
             return {**head_losses, **rpn_losses}
         detections = self.transform.postprocess(detections, batch.image_sizes, original_sizes)
         for det, size in zip(detections, original_sizes):
-            if "masks" in det:
+            if "masks" in det and self.box_relative_masks:
+                det["mask_probs"] = det.pop("masks")[:, 0]
+            elif "masks" in det:
                 det["masks"] = ops.paste_masks(det["masks"][:, 0], det["boxes"], size, threshold=None)[:, None]
         return detections
 

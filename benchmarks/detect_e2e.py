@@ -1,0 +1,167 @@
+"""End-to-end ``pydet detect`` on a generated 1024x1024 video against the model's own forward throughput.
+
+For each model and frame count: ``python -m pydet detect VIDEO --out-json --out-video`` runs in a fresh
+process (peak RSS from ``wait4``; frames/s from its own summary line, decoding to encoding, the model
+build excluded), then the model alone runs over the same decoded frames in this process, in batches of
+the same size (frames/s of ``model(batch)`` only). The targets: end to end >= 0.9 x model-only, and
+the peak RSS after the longest run within 50 MB of the shortest (memory flat in the video's length).
+
+    python -m benchmarks.detect_e2e --frames 60 600 --out benchmarks/results/cpu-detect.json
+
+Models are randomly initialised (no weights are downloaded); every frame keeps its best 20 candidates,
+so there are detections to draw, encode and, for mask models, paste to RLE.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+# Build arguments: YOLOv7 letterboxes to 640, the others resize to 800. Randomly initialised models score
+# nothing above their own thresholds, so the runs keep every candidate (--score-threshold 0) and cap the
+# detections per frame: 20 boxes (and masks) per frame to draw, encode and paste to RLE.
+DETECTIONS_PER_FRAME = 20
+MODELS = {
+    "yolov7_tiny": {"img_size": 640},
+    "yolov7": {"img_size": 640},
+    "centermask2_lite_vovnet19": {"min_size": 800, "max_size": 1333},
+    "mask_rcnn_resnet50_fpn": {"min_size": 800, "max_size": 1333},
+}
+_SUMMARY = re.compile(r"(\d+) frames, \d+ detections in ([\d.]+) s")
+
+
+def make_video(path: Path, frames: int, size: int = 1024) -> None:
+    from pydet.data import write_synthetic_video
+
+    if not path.exists():
+        write_synthetic_video(path, num_frames=frames, image_size=size, fps=30, seed=3)
+
+
+def run_detect(video: Path, name: str, out: Path, batch_size: int, threads: int) -> dict:
+    """``pydet detect`` in a child process: its end-to-end frames/s and peak RSS."""
+    kwargs = {**MODELS[name], "box_detections_per_img": DETECTIONS_PER_FRAME}
+    argv = [sys.executable, "-m", "pydet", "detect", str(video), "--model", name, "--device", "cpu", "--quiet",
+            "--score-threshold", "0", "--batch-size", str(batch_size),
+            "--out-json", str(out / f"{name}.json"), "--out-video", str(out / f"{name}.mp4")]
+    argv += [a for k, v in kwargs.items() for a in ("--model-arg", f"{k}={v}")]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    err = proc.stderr.read()
+    if status != 0:
+        raise RuntimeError(f"pydet detect failed:\n{err}")
+    records = json.loads((out / f"{name}.json").read_text())
+    frames, seconds = _SUMMARY.search(err).groups()
+    return {"e2e_frames_per_s": round(int(frames) / float(seconds), 3), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+            "detections_per_frame": len(records) / max(len({r["image_id"] for r in records}), 1)}
+
+
+@torch.inference_mode()
+def model_only(video: Path, name: str, frames: int, batch_size: int) -> float:
+    """Frames/s of the model's forward alone over ``frames`` decoded frames, in batches of ``batch_size``."""
+    from pydet import models
+    from pydet.data import read_video
+
+    model = models.build(name, **MODELS[name], box_detections_per_img=DETECTIONS_PER_FRAME, box_score_thresh=0.0).eval()
+    images = []
+    for frame in read_video(video):
+        images.append(torch.from_numpy(frame.image).permute(2, 0, 1).float().div_(255))
+        if len(images) == frames:
+            break
+    model(images[:batch_size])  # warm-up
+    start = time.perf_counter()
+    for i in range(0, len(images), batch_size):
+        model(images[i:i + batch_size])
+    return len(images) / (time.perf_counter() - start)
+
+
+class _RandomDetections(torch.nn.Module):
+    """The pipeline without a model: 20 random boxes with 28x28 box-relative masks per frame, and the
+    process's resident memory every 20 frames (what decoding, RLE, drawing, encoding and JSON keep)."""
+
+    box_relative_masks = True
+
+    def __init__(self):
+        super().__init__()
+        self.frames, self.rss_mb = 0, []
+
+    def forward(self, images):
+        if self.frames % 20 == 0:
+            status = Path("/proc/self/status").read_text()
+            self.rss_mb.append((self.frames, round(int(status.split("VmRSS:")[1].split()[0]) / 1024, 1)))
+        self.frames += len(images)
+        g = torch.Generator().manual_seed(self.frames)
+        corners = [torch.rand(DETECTIONS_PER_FRAME, 2, generator=g) * 900 for _ in images]
+        return [{"boxes": torch.cat([xy, xy + 100], 1), "scores": torch.rand(len(xy), generator=g),
+                 "labels": torch.zeros(len(xy), dtype=torch.int64), "mask_probs": torch.rand(len(xy), 28, 28, generator=g)}
+                for xy in corners]
+
+
+def pipeline_rss(video: Path, out: Path, batch_size: int) -> list[tuple[int, float]]:
+    from pydet.engine import LabelMap, detect
+
+    model = _RandomDetections()
+    detect(model, video, label_map=LabelMap([{"id": 1, "name": "shape"}], [0]), with_masks=True, score_threshold=0.0,
+           batch_size=batch_size, out_json=out / "pipeline.json", out_video=out / "pipeline.mp4", progress=False)
+    return model.rss_mb
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["yolov7_tiny", "centermask2_lite_vovnet19"],
+                        choices=list(MODELS))
+    parser.add_argument("--frames", nargs="+", type=int, default=[60, 600], help="video lengths to run")
+    parser.add_argument("--model-frames", type=int, default=60, help="frames timed for the model-only figure")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--work", default="/tmp/pydet-bench-detect", help="folder for the videos and outputs")
+    parser.add_argument("--out", help="write the results JSON here")
+    parser.add_argument("--pipeline-rss", type=int, default=0, metavar="FRAMES",
+                        help="instead: resident memory every 20 frames of the pipeline alone over FRAMES frames")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    if args.pipeline_rss:
+        video = work / f"video-{args.pipeline_rss}.mp4"
+        make_video(video, args.pipeline_rss)
+        trace = pipeline_rss(video, work, args.batch_size)
+        print(json.dumps({"frames_rss_mb": trace}))
+        if args.out:
+            Path(args.out).write_text(json.dumps({"machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__},
+                                                  "video": "1024x1024 SyntheticShapes clip (libx264)",
+                                                  "detections_per_frame": DETECTIONS_PER_FRAME,
+                                                  "frames_rss_mb": trace}, indent=2))
+        return 0
+    rows = []
+    for name in args.models:
+        longest = work / f"video-{max(args.frames)}.mp4"
+        make_video(longest, max(args.frames))
+        reference = model_only(longest, name, min(args.model_frames, max(args.frames)), args.batch_size)
+        for frames in sorted(args.frames):
+            video = work / f"video-{frames}.mp4"
+            make_video(video, frames)
+            row = {"model": name, "frames": frames, "model_frames_per_s": round(reference, 3),
+                   **run_detect(video, name, work, args.batch_size, args.threads)}
+            row["e2e_over_model"] = round(row["e2e_frames_per_s"] / reference, 3)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"machine": {"cpu_count": os.cpu_count(), "threads": args.threads,
+                                                          "torch": torch.__version__,
+                                                          "platform": platform.platform()},
+                                              "video": "1024x1024 SyntheticShapes clip (libx264)",
+                                              "batch_size": args.batch_size, "results": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
