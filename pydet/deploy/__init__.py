@@ -32,15 +32,17 @@ Interface for a model family (``pydet/deploy/<family>.py``; kept stable):
 Tools (``pydet.deploy.export``): :func:`export_program` (``torch.export`` with a dynamic batch),
 :func:`export_onnx`, :func:`package_aoti`, :func:`save_exported` (by format: ``pt2``, ``onnx``, ``aoti``) and
 :func:`load_exported` (any of the three files -> a callable ``images [B, 3, H, W] -> output tuple``), and
-:func:`detections_from_outputs` (the output tuple -> the eager per-image list of dicts).
+:func:`detections_from_outputs` (the output tuple -> the eager per-image list of dicts), and
+:class:`ExportedDetector` (an exported file behind the eager ``model(list_of_images)`` convention, which
+``pydet detect --engine FILE`` runs).
 """
 from .common import (OUTPUT_NAMES, DetectionExport, ResizeNormalize, mask_padding, pad_rows, padded_rois,
                      sort_detections)
-from .export import (FORMATS, ExportedModel, detections_from_outputs, export_onnx, export_program, load_exported,
+from .export import (FORMATS, ExportedDetector, ExportedModel, detections_from_outputs, export_onnx, export_program, load_exported,
                      package_aoti, save_exported)
 
 __all__ = [
     "OUTPUT_NAMES", "DetectionExport", "ResizeNormalize", "mask_padding", "pad_rows", "padded_rois", "sort_detections",
-    "FORMATS", "ExportedModel", "detections_from_outputs", "export_onnx", "export_program", "load_exported",
+    "FORMATS", "ExportedDetector", "ExportedModel", "detections_from_outputs", "export_onnx", "export_program", "load_exported",
     "package_aoti", "save_exported",
 ]
