@@ -13,9 +13,9 @@ def spread_weights(model: nn.Module, seed: int = 0, gain: float = 0.5) -> nn.Mod
     near-ties would make any two runtimes order the detections differently)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for conv in _output_convs(model):
+        for conv, bias in _output_convs(model):
             conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * gain / conv.weight[0].numel() ** 0.5)
-            conv.bias.copy_(torch.randn(conv.bias.shape, generator=g) - 3)
+            conv.bias.copy_(torch.randn(conv.bias.shape, generator=g) * 0.5 + bias)
         norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
         for m in norms:
             m.reset_running_stats()
@@ -27,11 +27,12 @@ def spread_weights(model: nn.Module, seed: int = 0, gain: float = 0.5) -> nn.Mod
     return model.eval()
 
 
-def _output_convs(model: nn.Module) -> list[nn.Conv2d]:
+def _output_convs(model: nn.Module) -> list[tuple[nn.Conv2d, float]]:
+    """The prediction layers and the mean of their random bias (rare objects, boxes a few strides wide)."""
     if hasattr(model, "detect"):
-        return list(model.detect.m)
+        return [(conv, -3.0) for conv in model.detect.m]
     head = model.fcos.head
-    return [head.cls_logits, head.bbox_pred, head.centerness]
+    return [(head.cls_logits, -3.0), (head.bbox_pred, 1.0), (head.centerness, 0.0)]
 
 
 def build(name: str, seed: int = 0, **kwargs) -> nn.Module:
