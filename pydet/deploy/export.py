@@ -43,7 +43,16 @@ def export_onnx(module: nn.Module, path: str | os.PathLike, example: Tensor | No
 def package_aoti(program: torch.export.ExportedProgram, path: str | os.PathLike) -> Path:
     """AOTInductor: compile an exported program into a ``.pt2`` package (minutes for the larger models)."""
     from torch._inductor import aoti_compile_and_package
-    return Path(aoti_compile_and_package(program, package_path=str(path)))
+    height, width = program_image_size(program)
+    configs = {"aot_inductor.metadata": {"pydet_image_size": f"{height}x{width}"}}
+    return Path(aoti_compile_and_package(program, package_path=str(path), inductor_configs=configs))
+
+
+def program_image_size(program: torch.export.ExportedProgram) -> tuple[int, int]:
+    """The fixed ``(H, W)`` of an exported deployment program's ``images`` input."""
+    inputs = set(program.graph_signature.user_inputs)
+    (images,) = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in inputs]
+    return tuple(int(s) for s in images.meta["val"].shape[-2:])
 
 
 def save_exported(module: nn.Module, format: str, path: str | os.PathLike, example: Tensor | None = None) -> Path:
@@ -90,10 +99,12 @@ class ExportedModel:
         elif self.format == "aoti":
             from torch._inductor import aoti_load_package
             self._runner = aoti_load_package(str(self.path))
-            self.output_names, self.image_size = None, None
+            size = self._runner.get_metadata().get("pydet_image_size")
+            self.output_names, self.image_size = None, tuple(int(s) for s in size.split("x")) if size else None
         else:
-            self._runner = torch.export.load(str(self.path)).module()
-            self.output_names, self.image_size = None, None
+            program = torch.export.load(str(self.path))
+            self._runner = program.module()
+            self.output_names, self.image_size = None, program_image_size(program)
 
     def __call__(self, images: Tensor) -> tuple[Tensor, ...]:
         if self.format == "onnx":
