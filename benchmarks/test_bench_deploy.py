@@ -41,9 +41,7 @@ def _runner(path, name, model, module, image, folder):
     if path == "eager":
         return lambda: model([image[0]])
     if path == "compile":
-        import torch._inductor.config as inductor_config
-        inductor_config.freezing = True
-        compiled = torch.compile(module)
+        compiled = torch.compile(module, options={"freezing": True})  # weights folded in as constants
         return lambda: compiled(image)
     if path == "aoti":
         if name not in AOTI_MODELS:
