@@ -63,6 +63,9 @@ TARGETS = [
     # Issue 4: Mask R-CNN eval on CPU, same weights as torchvision, same process.
     Target(4, "Mask R-CNN R50-FPN eval vs torchvision", "test_rcnn_resnet50_fpn_inference[mask_rcnn-pydet]",
            "test_rcnn_resnet50_fpn_inference[mask_rcnn-torchvision]", min_speedup=1.15),
+    # Issue 15: masks straight to COCO RLE against full-frame masks encoded by pycocotools.
+    Target(15, "paste_masks_rle 100 x 28x28 into 1024x1024 vs paste + pycocotools", "test_paste_masks_rle[pydet]",
+           "test_paste_masks_rle[paste_masks+pycocotools]", min_speedup=10.0),
 ]
 
 

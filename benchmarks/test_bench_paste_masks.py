@@ -5,6 +5,7 @@ F.grid_sample on a grid over the box's window, written out here) — and torchvi
 ``paste_masks_in_image`` where torchvision imports. On CUDA the ``grid_sample`` baseline is detectron2's GPU
 method: chunks of masks sampled with one grid over the whole image each.
 """
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -98,3 +99,38 @@ def test_whole_image_grid_sample_baseline_pastes_the_same_masks(inputs):
     baseline = grid_sample_paste_whole_image(masks[:8], boxes[:8], IMAGE, THRESHOLD, chunk=3)
     expected = ops.paste_masks(masks[:8], boxes[:8], IMAGE, THRESHOLD)
     assert (baseline != expected).float().mean() < 1e-4 and expected.sum() > 0
+
+
+# paste_masks_rle: 100 masks (28 x 28) straight to COCO RLE on a 1024 x 1024 frame (the video job of
+# `pydet detect`), against pasting full-frame bool masks and encoding them with pycocotools (which needs
+# a Fortran-ordered H x W x N copy). Boxes as a detector gives them: mostly small and medium objects.
+RLE_IMAGE = (1024, 1024)
+
+
+@pytest.fixture(scope="module")
+def rle_inputs():
+    g = torch.Generator().manual_seed(1)
+    masks = torch.rand(N, MASK, MASK, generator=g)
+    wh = torch.rand(N, 2, generator=g) ** 2 * 400 + 10
+    xy = torch.rand(N, 2, generator=g) * (torch.tensor([RLE_IMAGE[1], RLE_IMAGE[0]]) - wh)
+    return masks, torch.cat([xy, xy + wh], dim=1)
+
+
+def paste_then_encode(masks, boxes, image_shape, threshold):
+    from pycocotools import mask as mask_utils
+
+    binary = ops.paste_masks(masks, boxes, image_shape, threshold)
+    rles = mask_utils.encode(np.asfortranarray(binary.to(torch.uint8).permute(1, 2, 0).numpy()))
+    return [{"size": rle["size"], "counts": rle["counts"].decode("ascii")} for rle in rles]
+
+
+@pytest.mark.benchmark(group="paste_masks_rle-100x28x28-1024x1024")
+@pytest.mark.parametrize("impl", ["pydet", "paste_masks+pycocotools"])
+def test_paste_masks_rle(benchmark, rle_inputs, impl):
+    pytest.importorskip("pycocotools")
+    masks, boxes = rle_inputs
+    if impl == "pydet":
+        rles = benchmark(ops.paste_masks_rle, masks, boxes, RLE_IMAGE, THRESHOLD)
+    else:
+        rles = benchmark(paste_then_encode, masks, boxes, RLE_IMAGE, THRESHOLD)
+    assert rles == paste_then_encode(masks, boxes, RLE_IMAGE, THRESHOLD)

@@ -62,6 +62,24 @@ C10_HOST_DEVICE inline PasteAxis paste_axis(double start, double end, int64_t ma
   return axis;
 }
 
+// A product rounded on its own. Host code is compiled with -ffp-contract=off, but nvcc contracts
+// a * b + c into a fused multiply-add by default, which rounds once instead of twice: without this,
+// a CUDA paste could differ from the CPU paste (and from paste_masks_rle, which always runs on the
+// host) by one ulp, and flip a pixel sitting on the threshold.
+template <typename T>
+C10_HOST_DEVICE inline T mul_rn(T a, T b) {
+#if defined(__CUDA_ARCH__)
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "mul_rn takes float or double");
+  if constexpr (std::is_same_v<T, float>) {
+    return __fmul_rn(a, b);
+  } else {
+    return __dmul_rn(a, b);
+  }
+#else
+  return a * b;
+#endif
+}
+
 // The two bilinear taps of one pixel along one axis. A tap outside the mask gets weight 0 and
 // reads the other tap's (valid) index, which keeps loads in bounds without a branch per pixel.
 template <typename acc_t>
@@ -73,7 +91,7 @@ struct PasteTaps {
 template <typename acc_t>
 C10_HOST_DEVICE inline PasteTaps<acc_t> paste_taps(const PasteAxis& axis, int64_t pixel, int64_t mask_size) {
   PasteTaps<acc_t> taps;
-  const double u = (static_cast<double>(pixel) + 0.5 - axis.start) * axis.scale - 0.5;
+  const double u = mul_rn(static_cast<double>(pixel) + 0.5 - axis.start, axis.scale) - 0.5;
   if (!(u > -1.0 && u < static_cast<double>(mask_size))) return taps;
   const double u_floor = floor(u);
   const int64_t i = static_cast<int64_t>(u_floor);
@@ -89,11 +107,11 @@ C10_HOST_DEVICE inline PasteTaps<acc_t> paste_taps(const PasteAxis& axis, int64_
 template <typename acc_t, typename scalar_t>
 C10_HOST_DEVICE inline acc_t paste_sample(const scalar_t* mask_low_row, const scalar_t* mask_high_row,
                                           const PasteTaps<acc_t>& ty, const PasteTaps<acc_t>& tx) {
-  const acc_t low = tx.low_weight * static_cast<acc_t>(mask_low_row[tx.low]) +
-                    tx.high_weight * static_cast<acc_t>(mask_low_row[tx.high]);
-  const acc_t high = tx.low_weight * static_cast<acc_t>(mask_high_row[tx.low]) +
-                     tx.high_weight * static_cast<acc_t>(mask_high_row[tx.high]);
-  return ty.low_weight * low + ty.high_weight * high;
+  const acc_t low = mul_rn(tx.low_weight, static_cast<acc_t>(mask_low_row[tx.low])) +
+                    mul_rn(tx.high_weight, static_cast<acc_t>(mask_low_row[tx.high]));
+  const acc_t high = mul_rn(tx.low_weight, static_cast<acc_t>(mask_high_row[tx.low])) +
+                     mul_rn(tx.high_weight, static_cast<acc_t>(mask_high_row[tx.high]));
+  return mul_rn(ty.low_weight, low) + mul_rn(ty.high_weight, high);
 }
 
 // The output element: the probability itself, or whether it reaches the threshold.

@@ -45,6 +45,9 @@ TORCH_LIBRARY(pydet, m) {
   // ---- mask pasting (pydet/ops/paste_masks.py) ----
   // threshold=None returns probabilities in the masks' dtype, a float returns bool (value >= threshold).
   m.def("paste_masks(Tensor masks, Tensor boxes, int height, int width, float? threshold) -> Tensor");
+  // The same binary masks as COCO RLE: (chars uint8, offsets int64 [N + 1]), mask i's compressed counts
+  // being chars[offsets[i]:offsets[i + 1]]. CPU outputs for any input device (the encoding is host work).
+  m.def("paste_masks_rle(Tensor masks, Tensor boxes, int height, int width, float threshold) -> (Tensor, Tensor)");
 
   // ---- FCOS target assignment (pydet/ops/fcos_targets.py) ----
   // Returns (labels, reg_targets, matched_gt). The batched form takes gt_boxes [B, M, 4] padded per

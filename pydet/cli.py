@@ -33,8 +33,9 @@ def _model_args(pairs: list[str]) -> dict:
 
 def _add_model_options(parser: argparse.ArgumentParser, weights_required: bool = False) -> None:
     parser.add_argument("--model", required=True, help="registered model name (see `pydet models`)")
-    parser.add_argument("--weights", required=weights_required, help="pydet checkpoint (.safetensors) or a "
-                        "state dict (.pt/.pth, loaded with weights_only=True)")
+    parser.add_argument("--weights", required=weights_required, help="pydet checkpoint (.safetensors), a "
+                        "state dict (.pt/.pth, loaded with weights_only=True) or a detectron2 model-zoo .pkl; "
+                        "torchvision, YOLOv7, detectron2 R-CNN and CenterMask2 weights are converted")
     parser.add_argument("--model-arg", action="append", default=[], metavar="NAME=VALUE",
                         help="extra build argument, e.g. min_size=320 or box_score_thresh=0.3 (repeatable)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -68,7 +69,8 @@ def _dataset(args, saved: dict | None = None, transforms=None):
 
 
 def _detect(args) -> int:
-    from .engine import build_model, detect, model_info
+    from . import models
+    from .engine import build_model, detect
     from .engine.detect import open_source
 
     if args.out_video and args.out_dir:
@@ -81,7 +83,7 @@ def _detect(args) -> int:
         model, label_map, _ = build_model(args.model, args.weights, **_model_args(args.model_arg))
         if args.weights is None:
             warnings.warn(f"no --weights: {args.model} is randomly initialised", RuntimeWarning)
-    with_masks = model_info(args.model)[0]
+    with_masks = models.spec(args.model).has_masks
     stats = detect(model, source, label_map=label_map, with_masks=with_masks, score_threshold=args.score_threshold,
                    batch_size=args.batch_size, device=_device(args.device), out_json=args.out_json,
                    out_video=args.out_video, out_dir=args.out_dir, progress=not args.quiet)
@@ -95,13 +97,13 @@ def _detect(args) -> int:
 def _exported_detector(args):
     """``--engine FILE``: the exported file as the model; ``--model`` names its label set."""
     from .deploy import ExportedDetector, load_exported
-    from .engine.model_info import default_label_map, default_num_classes
+    from . import models
+    from .engine.model_info import default_label_map
 
     if args.weights:
         raise ValueError("--engine runs an exported file, which holds its weights: drop --weights")
-    label_map = default_label_map(args.model, _model_args(args.model_arg).get("num_classes",
-                                                                             default_num_classes(args.model)))
-    return ExportedDetector(load_exported(args.engine)), label_map
+    num_classes = _model_args(args.model_arg).get("num_classes", models.spec(args.model).num_classes)
+    return ExportedDetector(load_exported(args.engine)), default_label_map(args.model, num_classes)
 
 
 def _export(args) -> int:
@@ -157,8 +159,7 @@ def _train(args) -> int:
 
     from . import models
     from .data.transforms import Compose, Mosaic, RandomHorizontalFlip, RandomScaleJitter
-    from .engine import init_distributed, model_info, train
-    from .engine.model_info import LabelMap, input_size_kwargs, is_yolo
+    from .engine import LabelMap, init_distributed, train
 
     device = init_distributed(args.device)
     augment = [a for a in args.augment.split(",") if a] if args.augment else []
@@ -170,12 +171,13 @@ def _train(args) -> int:
     dataset = _dataset(args, transforms=Compose(steps) if steps else None)
     if "mosaic" in augment:
         dataset = Mosaic(dataset, size=args.image_size or max(dataset[0][0].shape[-2:]))
-    has_masks, offset = model_info(args.model)
-    categories = dataset.categories
-    label_map = LabelMap.for_model(args.model, categories)
+    spec = models.spec(args.model)
+    recipe = {key: getattr(spec.training, key) if getattr(args, key) is None else getattr(args, key)
+              for key in ("optimizer", "lr", "momentum", "weight_decay", "ema")}
+    label_map = LabelMap.for_model(args.model, dataset.categories)
     kwargs = {"num_classes": label_map.num_model_classes}
     if args.data == ["synthetic"]:
-        kwargs.update(input_size_kwargs(args.model, dataset.image_size[0]))
+        kwargs.update(spec.input_size(dataset.image_size[0]))
     kwargs.update(_model_args(args.model_arg))
     torch.manual_seed(args.seed)
     model = models.build(args.model, **kwargs)
@@ -185,12 +187,12 @@ def _train(args) -> int:
         meta["synthetic"] = {"num_images": len(dataset), "image_size": list(dataset.image_size),
                              "num_classes": dataset.num_classes}
     result = train(model, dataset, epochs=args.epochs, max_steps=args.steps, batch_size=args.batch_size,
-                   label_offset=offset, with_masks=has_masks, optimizer=args.optimizer, lr=args.lr,
-                   momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
+                   label_offset=spec.label_offset, with_masks=spec.has_masks, schedule=args.schedule,
                    warmup_steps=args.warmup_steps, clip_grad_norm=args.clip_grad_norm, amp=not args.no_amp,
-                   ema=is_yolo(args.model) if args.ema is None else args.ema, checkpoint=out / "last.safetensors",
+                   checkpoint=out / "last.safetensors",
                    checkpoint_every=args.checkpoint_every, resume=args.resume or False, log_file=out / "log.jsonl",
-                   device=device, num_workers=args.workers, seed=args.seed, progress=not args.quiet, meta=meta)
+                   device=device, num_workers=args.workers, seed=args.seed, progress=not args.quiet, meta=meta,
+                   **recipe)
     if _rank() != 0:
         return 0
     if not result.losses and args.resume:
@@ -209,7 +211,8 @@ def _rank() -> int:
 
 
 def _eval(args) -> int:
-    from .engine import LabelMap, build_model, evaluate, model_info
+    from . import models
+    from .engine import LabelMap, build_model, evaluate
 
     # a COCO annotation file is checked before the model is built; synthetic data follows the checkpoint
     dataset = None if args.data == ["synthetic"] else _dataset(args)
@@ -222,7 +225,7 @@ def _eval(args) -> int:
             raise ValueError(f"{args.weights}: trained on categories {[c['name'] for c in label_map.categories]}, "
                              f"the data has {[c['name'] for c in dataset.categories]}")
         label_map = LabelMap.for_model(args.model, dataset.categories)
-    metrics = evaluate(model, dataset, label_map=label_map, with_masks=model_info(args.model)[0],
+    metrics = evaluate(model, dataset, label_map=label_map, with_masks=models.spec(args.model).has_masks,
                        batch_size=args.batch_size, device=_device(args.device), num_workers=args.workers,
                        progress=not args.quiet)
     if args.out_json:
@@ -268,15 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for last.safetensors and log.jsonl (default runs/MODEL)")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--steps", type=int, default=None, help="train this many steps instead of --epochs")
-    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum, or AdamW's beta1")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default=None, help="default: the model's recipe")
+    p.add_argument("--lr", type=float, default=None, help="default: the model's recipe")
+    p.add_argument("--momentum", type=float, default=None, help="SGD momentum, or AdamW's beta1 (default: the "
+                   "model's recipe)")
+    p.add_argument("--weight-decay", type=float, default=None, help="default: the model's recipe")
     p.add_argument("--schedule", choices=("cosine", "step"), default="cosine")
     p.add_argument("--warmup-steps", type=int, default=100)
     p.add_argument("--clip-grad-norm", type=float, default=None)
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep an EMA of the weights (default: on for YOLOv7)")
+                   help="keep an EMA of the weights (default: the model's recipe, on for YOLOv7)")
     p.add_argument("--no-amp", action="store_true", help="no float16 autocast on CUDA")
     p.add_argument("--augment", default="flip", help="comma-separated: flip, jitter, mosaic (default flip)")
     p.add_argument("--checkpoint-every", type=int, default=None, help="also checkpoint every N steps")
@@ -324,9 +328,13 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .data.video import InputError
+    from .errors import InputError
 
     try:
+        if getattr(args, "model", None):
+            from .models import canonical_name
+
+            args.model = canonical_name(args.model)  # `yolov7-tiny` is `yolov7_tiny`; unknown names fail here
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             return args.func(args)

@@ -22,8 +22,7 @@ from . import models
 from .cli import main as cli_main
 from .data import SyntheticShapes, write_synthetic_video
 from .data.transforms import RandomHorizontalFlip
-from .engine import LabelMap, evaluate, model_info, train
-from .engine.model_info import input_size_kwargs
+from .engine import LabelMap, evaluate, train
 
 NUM_CLASSES = 3
 HELD_OUT_SEED = 1_000_003
@@ -62,7 +61,7 @@ def run_preset(name: str, out: Path, video: Path, steps_scale: float, eval_image
     """Train, evaluate and run ``pydet detect`` for one preset; ``verbose=False`` prints nothing (the
     parallel demo's workers: the parent draws their progress from the training logs)."""
     recipe = RECIPES[name]
-    has_masks, offset = model_info(name)
+    spec = models.spec(name)
     settings = dict(recipe["train"])
     del settings["steps"]
     steps = preset_steps(name, steps_scale)
@@ -71,7 +70,7 @@ def run_preset(name: str, out: Path, video: Path, steps_scale: float, eval_image
     train_set = SyntheticShapes(num_images=max(steps * settings["batch_size"], 64), image_size=size,
                                 num_classes=NUM_CLASSES, seed=0, transforms=RandomHorizontalFlip())
     label_map = LabelMap.for_model(name, train_set.categories)
-    kwargs = {"num_classes": label_map.num_model_classes, **input_size_kwargs(name, size), **recipe["model"]}
+    kwargs = {"num_classes": label_map.num_model_classes, **spec.input_size(size), **recipe["model"]}
     torch.manual_seed(0)
     model = models.build(name, **kwargs)
     run_dir = out / name
@@ -83,14 +82,14 @@ def run_preset(name: str, out: Path, video: Path, steps_scale: float, eval_image
     meta = {"model": name, "model_kwargs": kwargs, **label_map.state(),
             "synthetic": {"num_images": len(train_set), "image_size": [size, size],
                           "num_classes": NUM_CLASSES}}
-    result = train(model, train_set, max_steps=steps, label_offset=offset, with_masks=has_masks,
+    result = train(model, train_set, max_steps=steps, label_offset=spec.label_offset, with_masks=spec.has_masks,
                    warmup_steps=min(50, steps // 5), clip_grad_norm=10.0, checkpoint=checkpoint,
                    log_file=run_dir / "log.jsonl", device="cpu", meta=meta, progress=verbose, **settings)
     train_s = time.perf_counter() - start
     evaluated = result.ema if result.ema is not None else model
     held_out = SyntheticShapes(eval_images, size, num_classes=NUM_CLASSES, seed=HELD_OUT_SEED)
     say(f"== {name}: COCO mAP on {eval_images} held-out images")
-    metrics = evaluate(evaluated, held_out, label_map=label_map, with_masks=has_masks, device="cpu",
+    metrics = evaluate(evaluated, held_out, label_map=label_map, with_masks=spec.has_masks, device="cpu",
                        progress=verbose, print_table=verbose)
     say(f"== {name}: pydet detect {video.name}")
     start = time.perf_counter()

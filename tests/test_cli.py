@@ -154,3 +154,18 @@ def test_bench_times_kernels_against_references(capsys):
     rows = {line.split()[0]: line.split() for line in lines[2:]}
     assert set(rows) == {"box_iou", "nms"}
     assert all(float(rows[op][-3]) > 0 and float(rows[op][-2]) > 0 for op in rows)  # pydet and reference ms
+
+
+def test_weights_that_do_not_fit_are_one_line_naming_the_key(tmp_path, capsys):
+    import torch
+
+    from pydet.models import build
+
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((32, 48, 3), dtype=np.uint8)).save(image)
+    weights = tmp_path / "five_classes.pth"
+    torch.save({"model": build("faster_rcnn_resnet18_fpn", num_classes=5).state_dict()}, weights)
+    assert main(["detect", str(image), "--model", "faster_rcnn_resnet18_fpn", "--weights", str(weights)]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"pydet: error: {weights}: weights do not fit")
+    assert "cls_score.weight has shape (5, 512) in the weights, (91, 512) in the model" in lines[0]

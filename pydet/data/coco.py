@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .video import InputError, _require_file, read_image
+from ..errors import InputError, require_file
+from .video import read_image
 
 # The 80 COCO detection categories with their (non-contiguous) ids, as in instances_*.json.
 COCO_CATEGORIES = [{"id": i, "name": n} for i, n in [
@@ -139,7 +140,7 @@ def load_coco(annotation_file: str | os.PathLike):
     """A checked ``pycocotools.coco.COCO`` for ``annotation_file``."""
     from pycocotools.coco import COCO
 
-    path = _require_file(annotation_file)
+    path = require_file(annotation_file)
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)

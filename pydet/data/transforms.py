@@ -147,28 +147,3 @@ def mask_extents(masks: Tensor) -> Tensor:
         if len(cols):
             box.copy_(torch.tensor([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1]))
     return boxes
-
-
-class Letterbox:
-    """YOLOv7's letterbox as a training transform: the long side scaled to ``img_size``, the image centred
-    on an ``img_size`` square of grey. The image arithmetic is the model's own
-    (:func:`pydet.models.yolov7.letterbox`); this maps the boxes and masks the same way."""
-
-    def __init__(self, img_size: int):
-        self.img_size = int(img_size)
-
-    def __call__(self, image: Tensor, target: dict):
-        from ..models.yolov7 import letterbox
-
-        batch, scales, padding = letterbox([image], self.img_size, auto=False)
-        scale, (left, top) = float(scales[0]), (int(v) for v in padding[0].tolist())
-        target = dict(target)
-        target["boxes"] = target["boxes"] * scale + target["boxes"].new_tensor([left, top, left, top])
-        if "masks" in target:
-            masks = target["masks"]
-            h, w = (max(1, round(d * scale)) for d in masks.shape[-2:])
-            resized = F.interpolate(masks[None].float(), size=(h, w), mode="nearest-exact")[0].to(masks.dtype)
-            canvas = masks.new_zeros((masks.shape[0], *batch.shape[-2:]))
-            canvas[:, top:top + h, left:left + w] = resized
-            target["masks"] = canvas
-        return batch[0], target

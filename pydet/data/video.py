@@ -14,22 +14,9 @@ from typing import Iterator
 
 import numpy as np
 
+from ..errors import InputError, require_file
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
-
-
-class InputError(ValueError):
-    """An input file that is missing, unreadable or malformed; the message names the file."""
-
-
-def _require_file(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file or directory")
-    if not path.is_file():
-        raise InputError(f"{path}: not a file")
-    if not os.access(path, os.R_OK):
-        raise InputError(f"{path}: permission denied")
-    return path
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -48,7 +35,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """An RGB ``uint8 [H, W, 3]`` array."""
     from PIL import Image, UnidentifiedImageError
 
-    path = _require_file(path)
+    path = require_file(path)
     try:
         with Image.open(path) as img:
             return np.asarray(img.convert("RGB"))
@@ -84,7 +71,7 @@ def _open_video(path: Path):
 
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:
-    path = _require_file(path)
+    path = require_file(path)
     with _open_video(path) as container:
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate
@@ -106,7 +93,7 @@ def read_video(path: str | os.PathLike) -> Iterator[VideoFrame]:
     """
     import av
 
-    path = _require_file(path)
+    path = require_file(path)
     container = _open_video(path)
     try:
         stream = container.streams.video[0]

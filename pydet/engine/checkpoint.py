@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.video import InputError, _require_file
+from ..errors import InputError, require_file
 
 FORMAT = "pydet-checkpoint-1"
 
@@ -108,7 +108,7 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, optimizer: tor
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     from safetensors import SafetensorError, safe_open
 
-    path = _require_file(path)
+    path = require_file(path)
     tensors: dict[str, dict[str, torch.Tensor]] = {}
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -141,21 +141,30 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     """A model state dict and the metadata saved with it, from a pydet checkpoint or a plain state dict.
 
     A pydet checkpoint with EMA weights gives those (they are the ones to evaluate). ``.pt``/``.pth``
-    files are read with ``torch.load(weights_only=True)``; a ``{"model": ...}`` or ``{"state_dict": ...}``
+    files are read with ``torch.load(weights_only=True)``, detectron2 model-zoo ``.pkl`` files (numpy
+    arrays) with an unpickler that admits nothing else; a ``{"model": ...}`` or ``{"state_dict": ...}``
     wrapper is unwrapped.
     """
-    path = _require_file(path)
+    from ..convert._normalization import load_numpy_pickle
+
+    path = require_file(path)
     if path.suffix == ".safetensors":
         checkpoint = load_checkpoint(path)
         return checkpoint.section("ema") or checkpoint.section("model"), checkpoint.meta
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError ... for bad files
+        if path.suffix == ".pkl":
+            obj = load_numpy_pickle(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle and torch raise UnpicklingError, RuntimeError, EOFError ... for bad files
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{path}: cannot load weights safely ({first_line})") from None
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
+    if isinstance(obj, dict):
+        obj = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) and v.dtype.kind in "fiub" else v
+               for k, v in obj.items()}
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise InputError(f"{path}: not a state dict of tensors")
     return obj, {}

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from .. import ops
 from ..data.coco import coco_from_dict
 from .model_info import LabelMap
 from .train import collate, default_device
@@ -33,9 +34,23 @@ def encode_masks(masks: Tensor) -> list[dict]:
     return rles
 
 
+def mask_rles(masks: Tensor, boxes: Tensor, image_size: tuple[int, int] | None = None) -> list[dict]:
+    """COCO RLEs of detections' mask probabilities ``[D, 1, h, w]``, kept where >= 0.5.
+
+    Masks of the image's size are already pasted; box-relative ones (``[D, 1, M, M]`` of another size,
+    as the deployment module returns them) are pasted into their boxes straight to RLE, without
+    full-frame masks. Without ``image_size`` the masks are taken as pasted.
+    """
+    masks = masks[:, 0]
+    if image_size is not None and tuple(masks.shape[-2:]) != tuple(image_size):
+        return ops.paste_masks_rle(masks, boxes, image_size)
+    return encode_masks(masks >= 0.5)
+
+
 def detections_to_coco(detection: dict, image_id: int, label_map: LabelMap, with_masks: bool,
-                       score_threshold: float = 0.0) -> list[dict]:
-    """COCO result records (``bbox`` as ``[x, y, w, h]``) of one image's model output."""
+                       score_threshold: float = 0.0, image_size: tuple[int, int] | None = None) -> list[dict]:
+    """COCO result records (``bbox`` as ``[x, y, w, h]``) of one image's model output (``image_size``:
+    see :func:`mask_rles`)."""
     scores = detection["scores"]
     labels = label_map.to_dataset(detection["labels"])
     keep = (scores >= score_threshold) & (labels >= 0)
@@ -45,7 +60,7 @@ def detections_to_coco(detection: dict, image_id: int, label_map: LabelMap, with
                 "score": round(float(s), 5)}
                for box, s, cid in zip(xywh, scores.tolist(), label_map.category_ids(labels))]
     if with_masks:
-        for record, rle in zip(records, encode_masks(detection["masks"][keep][:, 0] >= 0.5)):
+        for record, rle in zip(records, mask_rles(detection["masks"][keep], boxes, image_size)):
             record["segmentation"] = rle
     return records
 
@@ -122,7 +137,7 @@ def evaluate(model: nn.Module, dataset: Dataset, *, label_offset: int = 0, label
             for image, target, output in zip(batch, targets, outputs):
                 image_id = target["image_id"]
                 results += detections_to_coco({k: v.cpu() for k, v in output.items()}, image_id, label_map,
-                                              with_masks)
+                                              with_masks, image_size=tuple(image.shape[-2:]))
                 if known_gt is None:
                     info, anns = ground_truth_records(target, image_id, tuple(image.shape[-2:]), label_map.categories,
                                                       len(annotations) + 1)

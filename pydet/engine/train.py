@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .checkpoint import load_checkpoint, restore_training_state, rng_state, save_checkpoint
@@ -166,6 +166,166 @@ def _gather_rng_states(world_size: int) -> list[tuple[dict, dict]]:
     return gathered
 
 
+@dataclass
+class _TrainingState:
+    """What a run updates and a checkpoint holds: the model, its optimizer, schedule, EMA and loss scaler,
+    and the number of optimizer steps done."""
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    ema: ModelEMA | None
+    scaler: torch.amp.GradScaler
+    use_amp: bool
+    total_steps: int
+    steps_per_epoch: int
+    step: int = 0
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _setup(model: nn.Module, device: torch.device, total_steps: int, steps_per_epoch: int, *, optimizer: str,
+           lr: float, momentum: float, weight_decay: float, schedule: Schedule, amp: bool,
+           ema: ModelEMA | None) -> _TrainingState:
+    model.to(device).train()
+    opt = make_optimizer(model, optimizer, lr, momentum, weight_decay)
+    use_amp = amp and device.type == "cuda"
+    return _TrainingState(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule), ema,
+                          torch.amp.GradScaler("cuda", enabled=use_amp), use_amp, total_steps, steps_per_epoch)
+
+
+def _resume(state: _TrainingState, path: Path, rank: int, model_name: str | None) -> None:
+    """Continue from the checkpoint at ``path``: everything an uninterrupted run would hold at its step."""
+    saved = load_checkpoint(path)
+    saved_name = saved.meta.get("model")
+    if model_name is not None and saved_name is not None and saved_name != model_name:
+        raise ValueError(f"{path}: a checkpoint of {saved_name}, not of {model_name} (resume in another folder)")
+    if saved.meta.get("steps_per_epoch", state.steps_per_epoch) != state.steps_per_epoch:
+        raise ValueError(f"{path}: saved with {saved.meta['steps_per_epoch']} steps per epoch, this run "
+                         f"has {state.steps_per_epoch} (change of dataset size, batch size or process count)")
+    restore_training_state(saved, model=state.model, optimizer=state.optimizer, scheduler=state.scheduler,
+                           ema=state.ema.module if state.ema else None, rank=rank)
+    if state.ema is not None:
+        state.ema.updates = saved.meta.get("ema_updates", 0)
+    if "scaler" in saved.meta:
+        state.scaler.load_state_dict(saved.meta["scaler"])
+    state.step = saved.meta["step"]
+
+
+def _wrap_distributed(model: nn.Module, device: torch.device, world_size: int,
+                      find_unused_parameters: bool) -> nn.Module:
+    if world_size == 1:
+        return model
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                               find_unused_parameters=find_unused_parameters)
+
+
+def _epoch_batches(dataset: Dataset, state: _TrainingState, epoch: int, batch_size: int, rank: int,
+                   world_size: int, seed: int, num_workers: int, pin_memory: bool) -> DataLoader:
+    """This rank's batches of ``epoch``, less those a resumed run already trained on. The order depends on
+    ``seed`` and the epoch only, so a resumed run sees the batches the uninterrupted one would have."""
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+                                 drop_last=True)
+    sampler.set_epoch(epoch)
+    done = max(state.step - epoch * state.steps_per_epoch, 0)
+    indices = list(sampler)[done * batch_size: state.steps_per_epoch * batch_size]
+    return DataLoader(dataset, batch_size=batch_size, sampler=indices, collate_fn=collate, num_workers=num_workers,
+                      drop_last=True, pin_memory=pin_memory,
+                      generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def _train_step(state: _TrainingState, ddp_model: nn.Module, images: list[Tensor], targets: list[dict],
+                clip_grad_norm: float | None) -> tuple[float, dict[str, float]]:
+    """One optimizer step; returns the step's total loss and its parts as floats."""
+    device_type = images[0].device.type
+    with torch.autocast(device_type, dtype=torch.float16, enabled=state.use_amp):
+        losses = ddp_model(images, targets)
+    loss = sum(losses.values())
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"step {state.step}: the loss is {float(loss)} "
+                                 f"({', '.join(f'{k}={float(v):.4g}' for k, v in losses.items())})")
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    if clip_grad_norm is not None:
+        state.scaler.unscale_(state.optimizer)
+        nn.utils.clip_grad_norm_(state.model.parameters(), clip_grad_norm)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.scheduler.step()
+    if state.ema is not None:
+        state.ema.update(state.model)
+    state.step += 1
+    return float(loss.detach()), {k: float(v.detach()) for k, v in losses.items()}
+
+
+class _CheckpointWriter:
+    """Writes ``path`` (rank 0) with every rank's generator states, at most once per step."""
+
+    def __init__(self, path: Path | None, state: _TrainingState, rank: int, world_size: int, meta: dict | None):
+        self.path, self.state, self.rank, self.world_size, self.meta = path, state, rank, world_size, meta or {}
+        self.saved_at = state.step
+
+    def save(self, epoch: int) -> None:
+        state = self.state
+        if self.path is None or self.saved_at == state.step:
+            return
+        self.saved_at = state.step
+        rng_states = _gather_rng_states(self.world_size)
+        if self.rank != 0:
+            return
+        info = {"steps_per_epoch": state.steps_per_epoch, "total_steps": state.total_steps, **self.meta}
+        if state.use_amp:
+            info["scaler"] = state.scaler.state_dict()
+        save_checkpoint(self.path, model=state.model, optimizer=state.optimizer, scheduler=state.scheduler,
+                        ema=state.ema.module if state.ema else None,
+                        ema_updates=state.ema.updates if state.ema else 0, step=state.step, epoch=epoch,
+                        rng_states=rng_states, meta=info)
+
+
+class _LogWindow:
+    """Mean losses over the last ``every`` steps (averaged over ranks), written as one JSON line to ``path``."""
+
+    def __init__(self, path: str | os.PathLike | None, every: int, images_per_step: int, world_size: int):
+        self.every, self.images_per_step, self.world_size = every, images_per_step, world_size
+        self.file = None
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(path, "a", encoding="utf-8")
+        self._reset()
+
+    def _reset(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.steps, self.start = 0, time.perf_counter()
+
+    def add(self, losses: dict[str, float], step: int, epoch: int, lr: float, final: bool) -> dict | None:
+        """Adds a step's losses; at the window's end returns (and writes) its record."""
+        for k, v in losses.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.steps += 1
+        if step % self.every and not final:
+            return None
+        names = sorted(self.sums)
+        means = torch.tensor([self.sums[k] / self.steps for k in names], dtype=torch.float64)
+        if self.world_size > 1:
+            dist.all_reduce(means)
+            means /= self.world_size
+        speed = self.steps * self.images_per_step / max(time.perf_counter() - self.start, 1e-9)
+        record = {"event": "step", "step": step, "epoch": epoch, "lr": lr, "loss": float(means.sum()),
+                  "losses": dict(zip(names, means.tolist())), "images_per_s": speed, "time": time.time()}
+        if self.file is not None:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        self._reset()
+        return record
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
 def train(model: nn.Module, dataset: Dataset, *, epochs: int = 1, max_steps: int | None = None, batch_size: int = 4,
           label_offset: int = 0, with_masks: bool = False, optimizer: str = "sgd", lr: float = 0.01,
           momentum: float = 0.9, weight_decay: float = 1e-4, schedule: str = "cosine", warmup_steps: int = 100,
@@ -195,142 +355,62 @@ def train(model: nn.Module, dataset: Dataset, *, epochs: int = 1, max_steps: int
     Under ``torchrun`` (process group initialised, e.g. by :func:`init_distributed`), the model is wrapped
     in DDP and each rank reads its own shard; rank 0 writes checkpoints, logs and the progress bar.
     """
+    for name, value in (("batch_size", batch_size), ("epochs", epochs), ("max_steps", max_steps),
+                        ("log_every", log_every), ("checkpoint_every", checkpoint_every)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     rank, world_size = _world()
     device = torch.device(device) if device is not None else default_device()
-    random.seed(seed + rank)
-    np.random.seed(seed + rank)
-    torch.manual_seed(seed + rank)
+    _seed(seed + rank)
     steps_per_epoch = len(dataset) // (batch_size * world_size)
     if steps_per_epoch == 0:
         raise ValueError(f"the dataset has {len(dataset)} images, fewer than one batch of {batch_size} "
                          f"per process on {world_size} process(es)")
     total_steps = int(max_steps) if max_steps is not None else epochs * steps_per_epoch
-    num_epochs = math.ceil(total_steps / steps_per_epoch)
-
-    model.to(device).train()
-    opt = make_optimizer(model, optimizer, lr, momentum, weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, Schedule(total_steps, schedule, warmup_steps, warmup_factor,
-                                                            milestones, gamma, final_lr_factor))
-    ema_model = ModelEMA(model, ema_decay, ema_ramp) if ema else None
-    use_amp = amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-
-    step, start_epoch, skip_batches = 0, 0, 0
+    state = _setup(model, device, total_steps, steps_per_epoch, optimizer=optimizer, lr=lr, momentum=momentum,
+                   weight_decay=weight_decay, schedule=Schedule(total_steps, schedule, warmup_steps, warmup_factor,
+                                                                milestones, gamma, final_lr_factor),
+                   amp=amp, ema=ModelEMA(model, ema_decay, ema_ramp) if ema else None)
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     resume_from = Path(resume) if isinstance(resume, (str, os.PathLike)) else (checkpoint if resume else None)
     if resume_from is not None and resume_from.exists():
-        state = load_checkpoint(resume_from)
-        if state.meta.get("steps_per_epoch", steps_per_epoch) != steps_per_epoch:
-            raise ValueError(f"{resume_from}: saved with {state.meta['steps_per_epoch']} steps per epoch, this run "
-                             f"has {steps_per_epoch} (change of dataset size, batch size or process count)")
-        restore_training_state(state, model=model, optimizer=opt, scheduler=sched,
-                               ema=ema_model.module if ema_model else None, rank=rank)
-        if ema_model is not None:
-            ema_model.updates = state.meta.get("ema_updates", 0)
-        if "scaler" in state.meta:
-            scaler.load_state_dict(state.meta["scaler"])
-        step = state.meta["step"]
-        start_epoch, skip_batches = divmod(step, steps_per_epoch)
-
-    ddp_model = model
-    if world_size > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=find_unused_parameters)
-
-    saved_at = [step]
-
-    def save(epoch: int) -> None:
-        if checkpoint is None or saved_at[0] == step:
-            return
-        saved_at[0] = step
-        states = _gather_rng_states(world_size)
-        if rank == 0:
-            info = {"steps_per_epoch": steps_per_epoch, "total_steps": total_steps, **(meta or {})}
-            if use_amp:
-                info["scaler"] = scaler.state_dict()
-            save_checkpoint(checkpoint, model=model, optimizer=opt, scheduler=sched,
-                            ema=ema_model.module if ema_model else None,
-                            ema_updates=ema_model.updates if ema_model else 0, step=step, epoch=epoch,
-                            rng_states=states, meta=info)
-
-    log = None
-    if log_file is not None and rank == 0:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        log = open(log_file, "a", encoding="utf-8")
+        _resume(state, resume_from, rank, (meta or {}).get("model"))
+    ddp_model = _wrap_distributed(model, device, world_size, find_unused_parameters)
+    writer = _CheckpointWriter(checkpoint, state, rank, world_size, meta)
+    window = _LogWindow(log_file if rank == 0 else None, log_every, batch_size * world_size, world_size)
     from tqdm import tqdm
 
-    bar = tqdm(total=total_steps, initial=step, file=sys.stderr, disable=not progress or rank != 0,
+    bar = tqdm(total=total_steps, initial=state.step, file=sys.stderr, disable=not progress or rank != 0,
                desc="train", dynamic_ncols=True, leave=True)
-    result = TrainResult(steps=step, epochs=start_epoch, checkpoint=checkpoint)
-    window_losses: dict[str, float] = {}
-    window_start, window_steps = time.perf_counter(), 0
+    result = TrainResult(steps=state.step, epochs=state.step // steps_per_epoch, checkpoint=checkpoint)
     run_start, run_images = time.perf_counter(), 0
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
-                                 drop_last=True)
     try:
-        for epoch in range(start_epoch, num_epochs):
-            if step >= total_steps:
+        for epoch in range(state.step // steps_per_epoch, math.ceil(total_steps / steps_per_epoch)):
+            if state.step >= total_steps:
                 break
-            sampler.set_epoch(epoch)
-            indices = list(sampler)[skip_batches * batch_size: steps_per_epoch * batch_size]
-            skip_batches = 0
-            loader = DataLoader(dataset, batch_size=batch_size, sampler=indices, collate_fn=collate,
-                                num_workers=num_workers, drop_last=True, pin_memory=device.type == "cuda",
-                                generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-            for images, targets in loader:
+            for images, targets in _epoch_batches(dataset, state, epoch, batch_size, rank, world_size, seed,
+                                                  num_workers, pin_memory=device.type == "cuda"):
                 images = [img.to(device, non_blocking=True) for img in images]
-                targets = model_targets(targets, label_offset, with_masks, device)
-                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                    losses = ddp_model(images, targets)
-                loss = sum(losses.values())
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"step {step}: the loss is {float(loss)} "
-                                             f"({', '.join(f'{k}={float(v):.4g}' for k, v in losses.items())})")
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if clip_grad_norm is not None:
-                    scaler.unscale_(opt)
-                    nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
-                if ema_model is not None:
-                    ema_model.update(model)
-                step += 1
-                result.losses.append(float(loss.detach()))
-                for k, v in losses.items():
-                    window_losses[k] = window_losses.get(k, 0.0) + float(v.detach())
-                window_steps += 1
+                loss, losses = _train_step(state, ddp_model, images,
+                                           model_targets(targets, label_offset, with_masks, device), clip_grad_norm)
+                result.losses.append(loss)
                 run_images += len(images) * world_size
                 bar.update(1)
-                if step % log_every == 0 or step == total_steps:
-                    names = sorted(window_losses)
-                    means = torch.tensor([window_losses[k] / window_steps for k in names], dtype=torch.float64)
-                    if world_size > 1:
-                        dist.all_reduce(means)
-                        means /= world_size
-                    elapsed = time.perf_counter() - window_start
-                    speed = window_steps * batch_size * world_size / max(elapsed, 1e-9)
-                    record = {"event": "step", "step": step, "epoch": epoch, "lr": opt.param_groups[0]["lr"],
-                              "loss": float(means.sum()), "losses": dict(zip(names, means.tolist())),
-                              "images_per_s": speed, "time": time.time()}
-                    bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2g}", img_s=f"{speed:.1f}")
-                    if log is not None:
-                        log.write(json.dumps(record) + "\n")
-                        log.flush()
-                    window_losses, window_start, window_steps = {}, time.perf_counter(), 0
-                if checkpoint_every and step % checkpoint_every == 0:
-                    save(epoch)
-                if step >= total_steps:
+                record = window.add(losses, state.step, epoch, state.optimizer.param_groups[0]["lr"],
+                                    final=state.step == total_steps)
+                if record is not None:
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2g}",
+                                    img_s=f"{record['images_per_s']:.1f}")
+                if checkpoint_every and state.step % checkpoint_every == 0:
+                    writer.save(epoch)
+                if state.step >= total_steps:
                     break
             result.epochs = epoch + 1
-            save(epoch)
+            writer.save(epoch)
     finally:
         bar.close()
-        if log is not None:
-            log.close()
-    result.steps = step
+        window.close()
+    result.steps = state.step
     result.images_per_s = run_images / max(time.perf_counter() - run_start, 1e-9)
-    result.ema = ema_model.module if ema_model is not None else None
+    result.ema = state.ema.module if state.ema is not None else None
     return result

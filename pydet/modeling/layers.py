@@ -40,25 +40,43 @@ class FrozenBatchNorm2d(nn.Module):
 
 def batchnorm_scale_shift(bn: nn.Module) -> tuple[Tensor, Tensor] | None:
     """``(scale, shift)`` with ``bn(x) == x * scale + shift`` per channel, for a FrozenBatchNorm2d or a
-    BatchNorm2d in eval mode (its running statistics); None for anything else (e.g. ``nn.Identity``)."""
+    BatchNorm2d's running statistics (what it computes in eval mode); None for anything else (e.g.
+    ``nn.Identity``)."""
     frozen = isinstance(bn, FrozenBatchNorm2d)
-    batchnorm = (isinstance(bn, nn.BatchNorm2d) and not bn.training and bn.affine and bn.running_var is not None)
+    batchnorm = isinstance(bn, nn.BatchNorm2d) and bn.affine and bn.running_var is not None
     if not (frozen or batchnorm):
         return None
     scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
     return scale, bn.bias - bn.running_mean * scale
 
 
-def fold_batchnorm(conv: nn.Conv2d, bn: nn.Module) -> tuple[Tensor, Tensor] | None:
-    """Weight and bias of the one convolution that computes ``bn(conv(x))`` (None where ``bn`` does not
-    fold, see ``batchnorm_scale_shift``). Differentiable, with respect to the convolution's weight and
-    the BatchNorm's affine parameters alike."""
+def fold_batchnorm_into(weight: Tensor, bias: Tensor | None, bn: nn.Module) -> tuple[Tensor, Tensor] | None:
+    """Weight and bias of the one convolution that computes ``bn(conv(x))`` for a convolution of ``weight``
+    and ``bias`` (None where ``bn`` does not fold, see ``batchnorm_scale_shift``). Differentiable, with
+    respect to the convolution's weight and the BatchNorm's affine parameters alike."""
     scale_shift = batchnorm_scale_shift(bn)
     if scale_shift is None:
         return None
     scale, shift = scale_shift
-    bias = shift if conv.bias is None else conv.bias * scale + shift
-    return conv.weight * scale.reshape(-1, 1, 1, 1), bias
+    return weight * scale.reshape(-1, 1, 1, 1), shift if bias is None else bias * scale + shift
+
+
+def fold_batchnorm(conv: nn.Conv2d, bn: nn.Module) -> tuple[Tensor, Tensor] | None:
+    """``fold_batchnorm_into`` for the convolution ``conv``."""
+    return fold_batchnorm_into(conv.weight, conv.bias, bn)
+
+
+@torch.no_grad()
+def conv_with_weights(template: nn.Conv2d, weight: Tensor, bias: Tensor) -> nn.Conv2d:
+    """A copy of ``template``'s geometry with the given weight and bias (a folded or re-parameterised
+    convolution); its parameters train when ``template``'s weight does."""
+    conv = nn.Conv2d(template.in_channels, template.out_channels, template.kernel_size, template.stride,
+                     template.padding, template.dilation, template.groups, bias=True,
+                     device=weight.device, dtype=weight.dtype)
+    conv.weight.copy_(weight)
+    conv.bias.copy_(bias)
+    conv.requires_grad_(template.weight.requires_grad)
+    return conv
 
 
 def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor:

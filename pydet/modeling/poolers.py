@@ -6,10 +6,10 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..ops.roi_align import (_pair, area_ratio_levels, convert_boxes_to_rois, fpn_levels, level_range,
+from ..ops.roi_align import (_level_index, _pair, area_ratio_levels, convert_boxes_to_rois, fpn_levels, level_range,
                              multi_scale_roi_align)
 
-ASSIGN_RULES = ("torchvision", "centermask")
+ASSIGN_RULES = ("torchvision", "detectron2", "centermask")
 
 
 def infer_scale(feature: Tensor, image_size: Sequence[int]) -> float:
@@ -28,7 +28,9 @@ class MultiScaleRoIAlign(nn.Module):
     to its height over the largest image height, inferred on the first call and kept, as torchvision does.
 
     ``assign_rule="torchvision"`` (default) picks level
-    ``floor(canonical_level + log2(sqrt(box area) / canonical_scale) + 1e-6)``; ``"centermask"`` picks
+    ``floor(canonical_level + log2(sqrt(box area) / canonical_scale) + 1e-6)``; ``"detectron2"`` picks
+    ``floor(canonical_level + log2(sqrt(box area) / canonical_scale + 1e-8))`` (the two differ only for
+    boxes within rounding of a level boundary); ``"centermask"`` picks
     CenterMask's ``ceil(k_max - log2(image area / box area))`` with each box's own image area from
     ``image_shapes`` (k_max = 5 for CenterMask2's P3-P5). Both are clamped to the levels present.
     ``aligned=True`` is Detectron2's ROIAlignV2 (CenterMask2 uses it). The output rows follow the
@@ -65,6 +67,9 @@ class MultiScaleRoIAlign(nn.Module):
             raise ValueError(f"this pooler was set up for {len(self.scales)} feature maps, got {len(features)}")
         rois = convert_boxes_to_rois(boxes, features[0].shape[0])
         levels = None
+        if len(features) > 1 and self.assign_rule == "detectron2":
+            levels = detectron2_levels(rois[:, 1:], *level_range(self.scales), self.canonical_scale,
+                                       self.canonical_level)
         if len(features) > 1 and self.assign_rule == "centermask":
             k_min, k_max = level_range(self.scales)
             if len(image_shapes) < len(boxes):
@@ -81,4 +86,13 @@ class MultiScaleRoIAlign(nn.Module):
                 f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}, assign_rule={self.assign_rule!r}")
 
 
-__all__ = ["MultiScaleRoIAlign"]
+def detectron2_levels(boxes: Tensor, k_min: int, k_max: int, canonical_scale: float = 224,
+                      canonical_level: int = 4) -> Tensor:
+    """detectron2's ``assign_boxes_to_levels``: ``floor(canonical_level + log2(sqrt(area) / canonical_scale
+    + 1e-8))`` clamped to ``[k_min, k_max]``, as an int64 index from ``k_min`` (-1 for NaN areas)."""
+    sizes = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+    levels = torch.floor(canonical_level + torch.log2(sizes / canonical_scale + 1e-8))
+    return _level_index(levels, k_min, k_max)
+
+
+__all__ = ["MultiScaleRoIAlign", "detectron2_levels"]

@@ -3,14 +3,19 @@
 Module and parameter names follow torchvision (``box_head.fc6``, ``box_predictor.cls_score``,
 ``mask_head.0.0``, ``mask_predictor.conv5_mask`` ...), so its checkpoints load unchanged. Inference
 equals torchvision's ``postprocess_detections``: softmax, per-class decode (weights 10, 10, 5, 5), clip,
-drop the background column, keep scores ``> score_thresh`` and boxes at least 1e-2 wide and high,
-class-aware NMS, best ``detections_per_img`` per image; the whole batch goes through one
-``pydet.ops.batched_nms`` call (groups ``image * num_classes + class``).
+drop the background column, keep scores ``> score_thresh`` and boxes at least ``min_box_size`` (1e-2) wide
+and high, class-aware NMS, best ``detections_per_img`` per image; the whole batch goes through one
+``pydet.ops.batched_nms`` call (groups ``image * num_classes + class``). detectron2's
+``fast_rcnn_inference`` is the same with ``min_box_size=0`` (it drops empty boxes only after rescaling,
+``GeneralizedRCNNTransform(clip_output=True)``).
+
+Training runs in one-purpose steps, as detectron2's ``StandardROIHeads``: :meth:`RoIHeads.sample_proposals`,
+:meth:`RoIHeads.box_losses`, :meth:`RoIHeads.mask_loss`.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -76,10 +81,10 @@ class MaskRCNNPredictor(nn.Sequential):
 
 
 def fastrcnn_loss(class_logits: Tensor, box_regression: Tensor, labels: Tensor, regression_targets: Tensor,
-                  sampled: Tensor) -> tuple[Tensor, Tensor]:
+                  sampled: Tensor, beta: float = 1 / 9) -> tuple[Tensor, Tensor]:
     """torchvision's Fast R-CNN loss over the RoIs where ``sampled`` is true (the others are padding):
-    cross-entropy averaged over them, smooth-L1 (beta 1/9) of the ground-truth class's deltas summed over
-    positives and divided by the number sampled."""
+    cross-entropy averaged over them, smooth-L1 (``beta`` 1/9; detectron2's 0 is L1) of the ground-truth
+    class's deltas summed over positives and divided by the number sampled."""
     num_sampled = sampled.sum().clamp(min=1)
     labels = labels.clamp(min=0)
     classification = F.cross_entropy(class_logits, labels, reduction="none")
@@ -88,7 +93,7 @@ def fastrcnn_loss(class_logits: Tensor, box_regression: Tensor, labels: Tensor, 
     deltas = box_regression.view(labels.shape[0], -1, 4)
     deltas = deltas.gather(1, labels.view(-1, 1, 1).expand(-1, 1, 4))[:, 0]
     targets = torch.where(positive, regression_targets, 0.0)  # unmatched RoIs may encode to inf
-    box_loss = torch.where(positive, F.smooth_l1_loss(deltas, targets, beta=1 / 9, reduction="none"), 0.0)
+    box_loss = torch.where(positive, F.smooth_l1_loss(deltas, targets, beta=beta, reduction="none"), 0.0)
     return classification, box_loss.sum() / num_sampled
 
 
@@ -117,6 +122,15 @@ def project_masks_on_boxes(gt_masks: list[Tensor], boxes: Tensor, gt_index: Tens
     return ops.roi_align(torch.cat(padded), rois, (size, size), 1.0)[:, 0]
 
 
+class RoISamples(NamedTuple):
+    """The RoIs sampled for the losses, in ``[B, S]`` slots per image (``S`` = the largest sample)."""
+    boxes: Tensor     # [B, S, 4]
+    sampled: Tensor   # [B, S] bool: false for padding slots
+    labels: Tensor    # [B, S] class of the matched ground truth, 0 for background (and padding)
+    matches: Tensor   # [B, S] index of the matched ground truth in its image (0 where unmatched)
+    gt_boxes: Tensor  # [B, M, 4] ground-truth boxes, padded per image
+
+
 class RoIHeads(nn.Module):
     """Box head (and optional mask head) on RoIAlign features of the proposals.
 
@@ -131,8 +145,8 @@ class RoIHeads(nn.Module):
                  fg_iou_thresh: float = 0.5, bg_iou_thresh: float = 0.5, batch_size_per_image: int = 512,
                  positive_fraction: float = 0.25, bbox_reg_weights: Sequence[float] | None = None,
                  score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 100,
-                 mask_roi_pool: nn.Module | None = None, mask_head: nn.Module | None = None,
-                 mask_predictor: nn.Module | None = None):
+                 min_box_size: float = 1e-2, smooth_l1_beta: float = 1 / 9, mask_roi_pool: nn.Module | None = None,
+                 mask_head: nn.Module | None = None, mask_predictor: nn.Module | None = None):
         super().__init__()
         self.box_roi_pool = box_roi_pool
         self.box_head = box_head
@@ -143,7 +157,8 @@ class RoIHeads(nn.Module):
         self.score_thresh = float(score_thresh)
         self.nms_thresh = float(nms_thresh)
         self.detections_per_img = int(detections_per_img)
-        self.min_box_size = 1e-2
+        self.min_box_size = float(min_box_size)
+        self.smooth_l1_beta = float(smooth_l1_beta)
         mask_parts = (mask_roi_pool, mask_head, mask_predictor)
         if any(p is None for p in mask_parts) and any(p is not None for p in mask_parts):
             raise ValueError("mask_roi_pool, mask_head and mask_predictor must be given together")
@@ -172,6 +187,15 @@ class RoIHeads(nn.Module):
 
     def training_losses(self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]],
                         targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        samples = self.sample_proposals(proposals, targets)
+        losses = self.box_losses(features, samples, image_sizes)
+        if self.has_mask:
+            losses["loss_mask"] = self.mask_loss(features, samples, image_sizes, targets)
+        return losses
+
+    def sample_proposals(self, proposals: list[Tensor], targets: list[dict[str, Tensor]]) -> RoISamples:
+        """Append the ground truth to the proposals, match, sample ``batch_size_per_image`` RoIs per image
+        and gather them into fixed-size slots per image (padding slots have ``sampled`` false)."""
         num_images = len(proposals)
         dtype = proposals[0].dtype
         gt_boxes = [t["boxes"].to(dtype) for t in targets]
@@ -189,35 +213,39 @@ class RoIHeads(nn.Module):
         labels = labels.masked_fill((matches == Matcher.BETWEEN_THRESHOLDS) | ~roi_valid, -1)
         positive, negative = self.sampler(labels)
         sampled = positive | negative
-
-        # Sampled RoIs go into fixed-size slots per image (padding slots are masked out of the losses).
         slots = sampled.to(dtype).topk(min(self.sampler.batch_size_per_image, rois.shape[1]), dim=1).indices
-        slot_boxes = gather_rows(rois, slots)
-        slot_sampled = sampled.gather(1, slots)
-        slot_labels = labels.gather(1, slots).clamp(min=0)
-        slot_matches = matches.gather(1, slots).clamp(min=0)
-        regression_targets = ops.encode_boxes(gather_rows(gt, slot_matches).reshape(-1, 4), slot_boxes.reshape(-1, 4),
-                                              self.bbox_reg_weights)
-        class_logits, box_regression = self.box_forward(features, list(slot_boxes.unbind(0)), image_sizes)
-        loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, slot_labels.reshape(-1),
-                                                      regression_targets, slot_sampled.reshape(-1))
-        losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
-        if self.has_mask:
-            # The mask head is costly per RoI, so it runs on the positives only (their count is read back
-            # once) rather than on fixed-size padded slots.
-            image_idx, slot = (slot_sampled & (slot_labels > 0)).nonzero(as_tuple=True)
-            counts = torch.bincount(image_idx, minlength=num_images).tolist()
-            mask_boxes = slot_boxes[image_idx, slot]
-            logits = self.mask_logits(features, list(mask_boxes.split(counts)), image_sizes)
-            gt_offset = torch.tensor([0] + [t["boxes"].shape[0] for t in targets], device=slots.device).cumsum(0)
-            gt_index = gt_offset[image_idx] + slot_matches[image_idx, slot]
-            if mask_boxes.shape[0] > 0:
-                mask_targets = project_masks_on_boxes([t["masks"] for t in targets], mask_boxes, gt_index,
-                                                      logits.shape[-1])
-            else:
-                mask_targets = logits.new_zeros((0,) + logits.shape[-2:])
-            losses["loss_mask"] = maskrcnn_loss(logits, slot_labels[image_idx, slot], mask_targets)
-        return losses
+        return RoISamples(boxes=gather_rows(rois, slots), sampled=sampled.gather(1, slots),
+                          labels=labels.gather(1, slots).clamp(min=0), matches=matches.gather(1, slots).clamp(min=0),
+                          gt_boxes=gt)
+
+    def box_losses(self, features: dict[str, Tensor], samples: RoISamples,
+                   image_sizes: list[tuple[int, int]]) -> dict[str, Tensor]:
+        """``loss_classifier`` and ``loss_box_reg`` of the box head on the sampled RoIs."""
+        regression_targets = ops.encode_boxes(gather_rows(samples.gt_boxes, samples.matches).reshape(-1, 4),
+                                              samples.boxes.reshape(-1, 4), self.bbox_reg_weights)
+        class_logits, box_regression = self.box_forward(features, list(samples.boxes.unbind(0)), image_sizes)
+        loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, samples.labels.reshape(-1),
+                                                      regression_targets, samples.sampled.reshape(-1),
+                                                      self.smooth_l1_beta)
+        return {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+
+    def mask_loss(self, features: dict[str, Tensor], samples: RoISamples, image_sizes: list[tuple[int, int]],
+                  targets: list[dict[str, Tensor]]) -> Tensor:
+        """``loss_mask`` of the mask head on the positive sampled RoIs."""
+        # The mask head is costly per RoI, so it runs on the positives only (their count is read back
+        # once) rather than on fixed-size padded slots.
+        image_idx, slot = (samples.sampled & (samples.labels > 0)).nonzero(as_tuple=True)
+        counts = torch.bincount(image_idx, minlength=samples.boxes.shape[0]).tolist()
+        mask_boxes = samples.boxes[image_idx, slot]
+        logits = self.mask_logits(features, list(mask_boxes.split(counts)), image_sizes)
+        gt_offset = torch.tensor([0] + [t["boxes"].shape[0] for t in targets], device=image_idx.device).cumsum(0)
+        gt_index = gt_offset[image_idx] + samples.matches[image_idx, slot]
+        if mask_boxes.shape[0] > 0:
+            mask_targets = project_masks_on_boxes([t["masks"] for t in targets], mask_boxes, gt_index,
+                                                  logits.shape[-1])
+        else:
+            mask_targets = logits.new_zeros((0,) + logits.shape[-2:])
+        return maskrcnn_loss(logits, samples.labels[image_idx, slot], mask_targets)
 
     def detect(self, features: dict[str, Tensor], proposals: list[Tensor],
                image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:

@@ -4,6 +4,10 @@ Proposals equal torchvision's for the same weights: per-level top-k on objectnes
 (weights 1, 1, 1, 1), clip, drop boxes smaller than ``min_size`` and scores below ``score_thresh``,
 NMS per level, keep the best ``post_nms_top_n`` per image. Every image and level of the batch goes
 through one ``pydet.ops.batched_nms`` call (groups ``image * levels + level``).
+
+detectron2's ``find_top_rpn_proposals`` differs in two settings: it keeps boxes strictly larger than its
+minimum size 0 (``min_size=0, strict_min_size=True``), and ranks them for NMS by their logits, which stay
+distinct where float32 sigmoids of large logits tie at 1.0 (``nms_on_logits=True``).
 """
 from __future__ import annotations
 
@@ -63,7 +67,8 @@ class RegionProposalNetwork(nn.Module):
                  bg_iou_thresh: float = 0.3, batch_size_per_image: int = 256, positive_fraction: float = 0.5,
                  pre_nms_top_n_train: int = 2000, pre_nms_top_n_test: int = 1000, post_nms_top_n_train: int = 2000,
                  post_nms_top_n_test: int = 1000, nms_thresh: float = 0.7, score_thresh: float = 0.0,
-                 min_size: float = 1e-3):
+                 min_size: float = 1e-3, strict_min_size: bool = False, nms_on_logits: bool = False,
+                 smooth_l1_beta: float = 1 / 9, normalize_by_batch_size: bool = False):
         super().__init__()
         self.anchor_generator = anchor_generator
         self.head = head
@@ -74,6 +79,10 @@ class RegionProposalNetwork(nn.Module):
         self.nms_thresh = float(nms_thresh)
         self.score_thresh = float(score_thresh)
         self.min_size = float(min_size)
+        self.strict_min_size = bool(strict_min_size)
+        self.nms_on_logits = bool(nms_on_logits)
+        self.smooth_l1_beta = float(smooth_l1_beta)
+        self.normalize_by_batch_size = bool(normalize_by_batch_size)
 
     def forward(self, images: ImageList, features: dict[str, Tensor],
                 targets: list[dict[str, Tensor]] | None = None) -> tuple[list[Tensor], dict[str, Tensor]]:
@@ -104,23 +113,29 @@ class RegionProposalNetwork(nn.Module):
             level_of.append(torch.full((k,), level, dtype=torch.int64, device=logits.device))
             offset += count
         top_idx, level_of = torch.cat(top_idx, 1), torch.cat(level_of)
-        scores = logits.gather(1, top_idx).sigmoid()
+        top_logits = logits.gather(1, top_idx)
+        scores = top_logits.sigmoid()
         # Only the top-k are decoded: decoding is per box, so this equals decoding all and selecting.
         boxes = ops.decode_boxes(gather_rows(deltas, top_idx).reshape(-1, 4), anchors[top_idx.reshape(-1)])
         sizes = torch.tensor(image_sizes, dtype=boxes.dtype, device=boxes.device)
         boxes = clip_boxes_per_image(boxes.view(num_images, -1, 4), sizes[:, None, :])
         widths, heights = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
-        candidate = (widths >= self.min_size) & (heights >= self.min_size) & (scores >= self.score_thresh)
-        image_idx, column = candidate.nonzero(as_tuple=True)
-        boxes, scores = boxes[image_idx, column], scores[image_idx, column]
+        if self.strict_min_size:
+            large = (widths > self.min_size) & (heights > self.min_size)
+        else:
+            large = (widths >= self.min_size) & (heights >= self.min_size)
+        image_idx, column = (large & (scores >= self.score_thresh)).nonzero(as_tuple=True)
+        boxes = boxes[image_idx, column]
+        ranking = (top_logits if self.nms_on_logits else scores)[image_idx, column]
         groups = image_idx * len(per_level) + level_of[column]
-        keep = ops.batched_nms(boxes, scores, groups, self.nms_thresh)
+        keep = ops.batched_nms(boxes, ranking, groups, self.nms_thresh)
         keep, counts = keep_first_per_image(keep, image_idx[keep], post_nms_top_n, num_images)
         return list(boxes[keep].split(counts))
 
     def compute_loss(self, logits: Tensor, deltas: Tensor, anchors: Tensor, gt_boxes: list[Tensor]) -> dict[str, Tensor]:
-        """torchvision's RPN losses: BCE mean over sampled anchors, smooth-L1 (beta 1/9) summed over
-        positives and divided by the number sampled. Sampled anchors are gathered into fixed-size slots
+        """torchvision's RPN losses: BCE mean over sampled anchors, smooth-L1 (``smooth_l1_beta``, 1/9)
+        summed over positives and divided by the number sampled. detectron2 divides both sums by
+        ``batch_size_per_image * images`` instead (``normalize_by_batch_size``) and uses beta 0 (L1). Sampled anchors are gathered into fixed-size slots
         (the per-image maxima) with a validity mask, so no count is read back from the device."""
         num_images, num_anchors = logits.shape
         gt, gt_valid = pad_per_image([b.to(anchors.dtype) for b in gt_boxes])
@@ -130,7 +145,10 @@ class RegionProposalNetwork(nn.Module):
         labels = labels.masked_fill(matches == Matcher.BETWEEN_THRESHOLDS, -1.0)
         positive, negative = self.sampler(labels)
         sampled = positive | negative
-        num_sampled = sampled.sum().clamp(min=1)
+        if self.normalize_by_batch_size:
+            num_sampled = torch.tensor(float(self.sampler.batch_size_per_image * num_images), device=logits.device)
+        else:
+            num_sampled = sampled.sum().clamp(min=1)
 
         slots = sampled.to(logits.dtype).topk(min(self.sampler.batch_size_per_image, num_anchors), dim=1).indices
         objectness_loss = F.binary_cross_entropy_with_logits(logits.gather(1, slots), positive.gather(1, slots).to(logits.dtype),
@@ -142,6 +160,7 @@ class RegionProposalNetwork(nn.Module):
         matched = gather_rows(gt, matches.gather(1, slots).clamp(min=0))
         targets = ops.encode_boxes(matched.reshape(-1, 4), anchors[slots.reshape(-1)]).view(matched.shape)
         targets = torch.where(is_positive, targets, 0.0)  # unmatched slots may encode to inf
-        box_loss = F.smooth_l1_loss(gather_rows(deltas, slots), targets, beta=1 / 9, reduction="none")
+        box_loss = F.smooth_l1_loss(gather_rows(deltas, slots), targets, beta=self.smooth_l1_beta,
+                                    reduction="none")
         box_loss = torch.where(is_positive, box_loss, 0.0).sum() / num_sampled
         return {"loss_objectness": objectness_loss, "loss_rpn_box_reg": box_loss}

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .layers import conv_with_weights, fold_batchnorm, fold_batchnorm_into
+
 # The official Model.initialize_weights sets these on every BatchNorm2d after building.
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.03
@@ -32,23 +34,6 @@ def _activation(name: str) -> nn.Module:
     raise ValueError(f"activation must be 'silu' or 'leaky', got {name!r}")
 
 
-@torch.no_grad()
-def _fold_batch_norm(weight: Tensor, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
-    """Kernel and bias of a bias-free convolution followed by ``bn`` in eval mode."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    return weight * scale.view(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
-
-
-def _conv_with_bias(template: nn.Conv2d, weight: Tensor, bias: Tensor) -> nn.Conv2d:
-    conv = nn.Conv2d(template.in_channels, template.out_channels, template.kernel_size, template.stride,
-                     template.padding, groups=template.groups, bias=True,
-                     device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        conv.weight.copy_(weight)
-        conv.bias.copy_(bias)
-    return conv
-
-
 class Conv(nn.Module):
     """Convolution without bias, BatchNorm, activation ("same" padding for odd kernels)."""
 
@@ -62,10 +47,11 @@ class Conv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.act(self.bn(self.conv(x)))
 
+    @torch.no_grad()
     def fuse(self) -> None:
         """Fold the BatchNorm into the convolution (deployment; uses the running statistics)."""
         if isinstance(self.bn, nn.BatchNorm2d):
-            self.conv = _conv_with_bias(self.conv, *_fold_batch_norm(self.conv.weight, self.bn))
+            self.conv = conv_with_weights(self.conv, *fold_batchnorm(self.conv, self.bn))
             self.bn = nn.Identity()
 
 
@@ -102,8 +88,8 @@ class RepConv(nn.Module):
         if self.rbr_reparam is not None:
             return
         dense = self.rbr_dense[0]
-        kernel, bias = _fold_batch_norm(dense.weight, self.rbr_dense[1])
-        k1, b1 = _fold_batch_norm(self.rbr_1x1[0].weight, self.rbr_1x1[1])
+        kernel, bias = fold_batchnorm(dense, self.rbr_dense[1])
+        k1, b1 = fold_batchnorm(self.rbr_1x1[0], self.rbr_1x1[1])
         pad = dense.kernel_size[0] // 2
         kernel = kernel + F.pad(k1, [pad, pad, pad, pad])
         bias = bias + b1
@@ -111,9 +97,9 @@ class RepConv(nn.Module):
             identity = torch.zeros_like(kernel)
             channels = torch.arange(kernel.shape[0], device=kernel.device)
             identity[channels, channels, pad, pad] = 1.0
-            ki, bi = _fold_batch_norm(identity, self.rbr_identity)
+            ki, bi = fold_batchnorm_into(identity, None, self.rbr_identity)
             kernel, bias = kernel + ki, bias + bi
-        self.rbr_reparam = _conv_with_bias(dense, kernel, bias)
+        self.rbr_reparam = conv_with_weights(dense, kernel, bias)
         self.rbr_dense = self.rbr_1x1 = self.rbr_identity = None
 
 

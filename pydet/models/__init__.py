@@ -6,38 +6,28 @@ All share torchvision's calling convention: ``model(images, targets=None)`` with
 """
 from __future__ import annotations
 
-from typing import Callable
+from functools import partial
 
-import torch.nn as nn
+from .centermask2 import BACKBONES, CENTERMASK2_SPEC, LITE_BACKBONES, CenterMask2, centermask2
+from .generalized_rcnn import (FASTER_RCNN_SPEC, MASK_RCNN_SPEC, SMALL_FASTER_RCNN_SPEC, SMALL_MASK_RCNN_SPEC,
+                               faster_rcnn_resnet18_fpn, faster_rcnn_resnet50_fpn, mask_rcnn_resnet18_fpn,
+                               mask_rcnn_resnet50_fpn)
+from .registry import Converter, ModelSpec, TrainingDefaults, available, build, canonical_name, register, spec
+from .yolov7 import YOLOV7_SPEC, yolov7, yolov7_tiny, yolov7_tiny_320
 
-_FACTORIES: dict[str, Callable[..., nn.Module]] = {}
+register("faster_rcnn_resnet50_fpn", faster_rcnn_resnet50_fpn, FASTER_RCNN_SPEC)
+register("mask_rcnn_resnet50_fpn", mask_rcnn_resnet50_fpn, MASK_RCNN_SPEC)
+register("faster_rcnn_resnet18_fpn", faster_rcnn_resnet18_fpn, SMALL_FASTER_RCNN_SPEC)
+register("mask_rcnn_resnet18_fpn", mask_rcnn_resnet18_fpn, SMALL_MASK_RCNN_SPEC)
+register("yolov7", yolov7, YOLOV7_SPEC)
+register("yolov7_tiny", yolov7_tiny, YOLOV7_SPEC)
+register("yolov7_tiny_320", yolov7_tiny_320, YOLOV7_SPEC)
+register("centermask2", centermask2, CENTERMASK2_SPEC)
+for _backbone in BACKBONES:
+    register(f"centermask2_{_backbone}", partial(centermask2, _backbone), CENTERMASK2_SPEC)
+for _backbone in LITE_BACKBONES:
+    register(f"centermask2_lite_{_backbone}", partial(centermask2, _backbone, lite=True), CENTERMASK2_SPEC)
 
-
-def register(name: str):
-    """Decorator adding a factory to the ``build`` registry under ``name``."""
-    def wrap(factory):
-        if name in _FACTORIES:
-            raise ValueError(f"model name {name!r} is registered twice")
-        _FACTORIES[name] = factory
-        return factory
-    return wrap
-
-
-def available() -> list[str]:
-    return sorted(_FACTORIES)
-
-
-def build(name: str, **kwargs) -> nn.Module:
-    """Build a model by name, e.g. ``build("faster_rcnn_resnet50_fpn", num_classes=3)``."""
-    try:
-        factory = _FACTORIES[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(available())}") from None
-    return factory(**kwargs)
-
-
-# Each model module registers its factories on import.
-from .generalized_rcnn import faster_rcnn_resnet18_fpn, faster_rcnn_resnet50_fpn, mask_rcnn_resnet18_fpn, mask_rcnn_resnet50_fpn  # noqa: E402,F401
-from .centermask2 import CenterMask2, centermask2  # noqa: E402
-from .yolov7 import yolov7, yolov7_tiny  # noqa: E402,F401  (registers yolov7, yolov7_tiny, yolov7_tiny_320)
-__all__ = ["available", "build", "register"]
+__all__ = ["CenterMask2", "Converter", "ModelSpec", "TrainingDefaults", "available", "build", "canonical_name", "centermask2",
+           "faster_rcnn_resnet18_fpn", "faster_rcnn_resnet50_fpn", "mask_rcnn_resnet18_fpn", "mask_rcnn_resnet50_fpn",
+           "register", "spec", "yolov7", "yolov7_tiny", "yolov7_tiny_320"]

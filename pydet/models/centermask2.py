@@ -8,7 +8,6 @@ boxes, matched at IoU 0.5 and subsampled (foreground only); at inference it runs
 """
 from __future__ import annotations
 
-from functools import partial
 from typing import Sequence
 
 import torch
@@ -26,7 +25,7 @@ from ..modeling.matcher import BalancedPositiveNegativeSampler, Matcher
 from ..modeling.sag_mask import (MaskIoUHead, SAGMaskHead, mask_area_inside_box, mask_targets, maskiou_loss,
                                  maskiou_targets)
 from ..modeling.transform import GeneralizedRCNNTransform, check_images_and_targets
-from . import register
+from .registry import ModelSpec
 
 LEVELS = ("p3", "p4", "p5", "p6", "p7")
 MASK_LEVELS = ("p3", "p4", "p5")
@@ -75,8 +74,7 @@ class CenterMask2(nn.Module):
         if self.training:
             if targets is None:
                 raise ValueError("targets are required in training mode")
-            check_images_and_targets(images, targets, need_masks=True)
-            self._check_target_values(images, targets)
+            check_images_and_targets(images, targets, need_masks=True, num_classes=self.num_classes)
         else:
             check_images_and_targets(images, None)
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
@@ -94,22 +92,6 @@ class CenterMask2(nn.Module):
         see :mod:`pydet.deploy`. Shares this model's weights and puts it in eval mode."""
         from ..deploy.centermask2 import CenterMask2Export
         return CenterMask2Export(self, image_size or self.transform.min_size[-1], max_detections)
-
-    def _check_target_values(self, images: list[Tensor], targets: list[dict]) -> None:
-        for i, (image, target) in enumerate(zip(images, targets)):
-            boxes, labels, masks = target["boxes"], target["labels"], target["masks"]
-            if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
-                raise ValueError(f"targets[{i}]['labels'] must be in [0, {self.num_classes - 1}] "
-                                 f"(CenterMask2 has no background class), got {labels.tolist()}")
-            if not torch.isfinite(boxes).all():
-                raise ValueError(f"targets[{i}]['boxes'] must be finite")
-            degenerate = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
-            if degenerate.any():
-                raise ValueError(f"targets[{i}]['boxes'] must have positive width and height, got "
-                                 f"{boxes[degenerate].tolist()}")
-            if masks.shape[-2:] != image.shape[-2:]:
-                raise ValueError(f"targets[{i}]['masks'] must match the image's size {tuple(image.shape[-2:])}, "
-                                 f"got {tuple(masks.shape[-2:])}")
 
     def _sample_foreground(self, detections: list[dict], targets: list[dict]):
         """Per image, the proposals (detections and ground-truth boxes) sampled as foreground, with their
@@ -191,7 +173,6 @@ def _backbone(name: str, out_channels: int, norm: type[nn.Module]) -> BackboneWi
     return BackboneWithFPN(body, fpn)
 
 
-@register("centermask2")
 def centermask2(backbone: str = "vovnet39", num_classes: int = 80, lite: bool = False, *,
                 backbone_norm: str = "frozen_bn", **overrides) -> CenterMask2:
     """CenterMask2 on ``backbone`` (``vovnet19/39/57/99`` = VoVNetV2-eSE, ``vovnet19_slim``, or ``resnet50``).
@@ -214,7 +195,5 @@ def centermask2(backbone: str = "vovnet39", num_classes: int = 80, lite: bool = 
     return CenterMask2(_backbone(backbone, channels, norm_layer(backbone_norm)), num_classes, **settings)
 
 
-for _name in BACKBONES:
-    register(f"centermask2_{_name}")(partial(centermask2, _name))
-for _name in ("vovnet19_slim", "vovnet19", "vovnet39"):
-    register(f"centermask2_lite_{_name}")(partial(centermask2, _name, lite=True))
+CENTERMASK2_SPEC = ModelSpec(has_masks=True, label_offset=0, num_classes=80)
+LITE_BACKBONES = ("vovnet19_slim", "vovnet19", "vovnet39")

@@ -23,7 +23,8 @@ from .. import ops
 from ..modeling.yolo import IDetect, build_layer_graph, fuse_modules
 from ..modeling.transform import check_images_and_targets
 from ..modeling.yolo_loss import ComputeLoss, ComputeLossOTA
-from . import register
+from ..convert.yolov7 import from_yolov7
+from .registry import Converter, ModelSpec, TrainingDefaults
 
 STRIDES = (8, 16, 32)
 PAD_VALUE = 114 / 255
@@ -148,17 +149,8 @@ def unletterbox(boxes: Tensor, scales: Tensor, padding: Tensor, limits: Tensor) 
 def _check_inputs(images, targets, num_classes: int, training: bool) -> None:
     if training and targets is None:
         raise ValueError("targets are required in training mode")
-    check_images_and_targets(images, targets)
-    for i, img in enumerate(images):
-        if 0 in img.shape:
-            raise ValueError(f"images[{i}] is empty: shape {tuple(img.shape)}")
-    for i, t in enumerate(targets or ()):
-        labels = t["labels"]
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-            raise ValueError(f"targets[{i}]['labels'] must be in [0, {num_classes - 1}], got values in "
-                             f"[{int(labels.min())}, {int(labels.max())}]")
-        if not torch.isfinite(t["boxes"]).all():
-            raise ValueError(f"targets[{i}]['boxes'] must be finite")
+    # YOLOv7 trains on boxes of any size (augmentation can leave zero-width ones), as the official code
+    check_images_and_targets(images, targets, num_classes=num_classes, positive_boxes=False)
 
 
 class YOLOv7(nn.Module):
@@ -323,18 +315,24 @@ class YOLOv7(nn.Module):
                                 scales, padding)
 
 
-@register("yolov7")
 def yolov7(variant: str = "yolov7", num_classes: int = 80, **overrides) -> YOLOv7:
     """YOLOv7 (``variant="yolov7"``, 37,622,682 parameters at 80 classes) or YOLOv7-tiny (6,228,762)."""
     return YOLOv7(variant, num_classes, **overrides)
 
 
-@register("yolov7_tiny")
 def yolov7_tiny(num_classes: int = 80, **overrides) -> YOLOv7:
     return YOLOv7("yolov7-tiny", num_classes, **overrides)
 
 
-@register("yolov7_tiny_320")
 def yolov7_tiny_320(num_classes: int = 80, **overrides) -> YOLOv7:
     """YOLOv7-tiny at 320 pixels: a CPU-friendly preset for demos and tests."""
     return YOLOv7("yolov7-tiny", num_classes, **{"img_size": 320, **overrides})
+
+
+def letterbox_size_kwargs(size: int) -> dict:
+    """Build arguments for images of about ``size`` pixels: the letterbox side, a multiple of the 32 stride."""
+    return {"img_size": max(32, -(-int(size) // 32) * 32)}
+
+
+YOLOV7_SPEC = ModelSpec(has_masks=False, label_offset=0, num_classes=80, input_size=letterbox_size_kwargs,
+                        converters=(Converter("official YOLOv7", from_yolov7),), training=TrainingDefaults(ema=True))

@@ -29,14 +29,9 @@ def _image_shape(image_shape) -> tuple[int, int]:
     return height, width
 
 
-def paste_masks(masks: Tensor, boxes: Tensor, image_shape: tuple[int, int],
-                threshold: float | None = 0.5) -> Tensor:
-    """Paste ``masks [N, h, w]`` (or ``[N, 1, h, w]``) into their ``boxes [N, 4]`` on an image of
-    ``image_shape = (H, W)``; returns ``[N, H, W]``.
-
-    With a ``threshold`` the result is ``bool`` (pasted value ``>= threshold``); with ``None`` it is
-    the pasted probabilities in the masks' dtype. Not differentiable.
-    """
+def _paste_args(masks: Tensor, boxes: Tensor, image_shape, threshold: float | None
+                ) -> tuple[Tensor, int, int, float | None]:
+    """Validated ``(masks [N, h, w], height, width, threshold)`` of a paste op's arguments."""
     check_tensor(masks, "masks", dims=(3, 4))
     if masks.dim() == 4:
         if masks.shape[1] != 1:
@@ -53,10 +48,48 @@ def paste_masks(masks: Tensor, boxes: Tensor, image_shape: tuple[int, int],
         threshold = check_float(threshold, "threshold")
         if threshold <= 0:
             raise ValueError(f"threshold must be > 0 (or None for probabilities), got {threshold}")
+    return masks, height, width, threshold
+
+
+def paste_masks(masks: Tensor, boxes: Tensor, image_shape: tuple[int, int],
+                threshold: float | None = 0.5) -> Tensor:
+    """Paste ``masks [N, h, w]`` (or ``[N, 1, h, w]``) into their ``boxes [N, 4]`` on an image of
+    ``image_shape = (H, W)``; returns ``[N, H, W]``.
+
+    With a ``threshold`` the result is ``bool`` (pasted value ``>= threshold``); with ``None`` it is
+    the pasted probabilities in the masks' dtype. Not differentiable.
+    """
+    masks, height, width, threshold = _paste_args(masks, boxes, image_shape, threshold)
     return torch.ops.pydet.paste_masks(masks, boxes, height, width, threshold)
+
+
+def paste_masks_rle(masks: Tensor, boxes: Tensor, image_shape: tuple[int, int],
+                    threshold: float = 0.5) -> list[dict]:
+    """The bool masks of :func:`paste_masks` as COCO RLEs, without building them.
+
+    Returns one ``{"size": [H, W], "counts": str}`` per mask, ``counts`` being the compressed string
+    ``pycocotools.mask.encode`` gives for the same mask (decode with ``pycocotools.mask.decode`` after
+    ``counts.encode()``, or pass the dicts to pycocotools' COCO results as they are). Each mask costs
+    time and memory in proportion to its box's pixel area, not the image's. CUDA inputs are copied to
+    the host, where the encoding runs.
+    """
+    if threshold is None:
+        raise ValueError("threshold must be a number for paste_masks_rle (an RLE is a binary mask)")
+    masks, height, width, threshold = _paste_args(masks, boxes, image_shape, threshold)
+    chars, offsets = torch.ops.pydet.paste_masks_rle(masks, boxes, height, width, threshold)
+    text = chars.numpy().tobytes().decode("ascii")
+    bounds = offsets.tolist()
+    return [{"size": [height, width], "counts": text[start:end]} for start, end in zip(bounds[:-1], bounds[1:])]
 
 
 @torch.library.register_fake("pydet::paste_masks")
 def _(masks, boxes, height, width, threshold):
     dtype = masks.dtype if threshold is None else torch.bool
     return masks.new_empty((masks.shape[0], height, width), dtype=dtype)
+
+
+@torch.library.register_fake("pydet::paste_masks_rle")
+def _(masks, boxes, height, width, threshold):
+    # The string lengths depend on the mask values; the outputs are host tensors on any device.
+    chars = masks.new_empty(torch.library.get_ctx().new_dynamic_size(), dtype=torch.uint8, device="cpu")
+    return chars, masks.new_empty((masks.shape[0] + 1,), dtype=torch.int64, device="cpu")

@@ -1,7 +1,8 @@
 """Reference mask pasting in float64: detectron2's ``_do_paste_mask`` (grid_sample with
 ``align_corners=False`` and zero padding on the normalised pixel-centre grid) over the whole image.
 Boxes that are empty, NaN or infinite paste nothing. :func:`sample_pasted` is the formula;
-:func:`paste_masks` applies it to every pixel near each box (all others are exactly 0)."""
+:func:`paste_masks` applies it to every pixel near each box (all others are exactly 0).
+:func:`rle_encode` is COCO's run-length encoding of a binary mask, written out from its definition."""
 import math
 
 import torch
@@ -45,3 +46,37 @@ def paste_masks(masks, boxes, image_shape, threshold=0.5):
         window = sample_pasted(masks[i:i + 1], boxes[i:i + 1], ys, xs)
         out[i, top:bottom, left:right] = window.reshape(bottom - top, right - left)
     return out if threshold is None else out >= threshold
+
+
+def rle_counts(mask):
+    """COCO run lengths of a binary ``[H, W]`` mask: column-major order, alternating 0s and 1s, the
+    first run counting 0s (0 when the mask starts with a 1)."""
+    flat = mask.t().reshape(-1).to(torch.int8)
+    starts = torch.nonzero(flat[1:] != flat[:-1]).flatten() + 1
+    bounds = torch.cat([starts.new_tensor([0]), starts, starts.new_tensor([flat.numel()])])
+    counts = bounds.diff().tolist()
+    return [0] + counts if flat.numel() > 0 and flat[0] else counts
+
+
+def rle_string(counts):
+    """COCO's compressed ``counts`` string: each count, from the fourth on minus the count two before
+    it, as little-endian 5-bit groups of its two's complement (0x20 flags a following group) plus 48."""
+    chars = []
+    for i, count in enumerate(counts):
+        x = count - counts[i - 2] if i > 2 else count
+        while True:
+            group, x = x & 0x1F, x >> 5
+            more = x != -1 if group & 0x10 else x != 0
+            chars.append(chr(group + (0x20 if more else 0) + 48))
+            if not more:
+                break
+    return "".join(chars)
+
+
+def rle_encode(mask):
+    """``{"size": [H, W], "counts": str}``: what ``pycocotools.mask.encode`` gives (counts decoded)."""
+    return {"size": list(mask.shape), "counts": rle_string(rle_counts(mask))}
+
+
+def paste_masks_rle(masks, boxes, image_shape, threshold=0.5):
+    return [rle_encode(mask) for mask in paste_masks(masks, boxes, image_shape, threshold)]

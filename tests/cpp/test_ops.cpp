@@ -1,4 +1,8 @@
 // Calls pydet's operators through the c10 dispatcher from C++, with no Python involved.
+// Usage: pydet_cpp_test LIBRARY, where LIBRARY is libpydet_ops.so (the CMake library) or the Python
+// extension pydet/_C*.so: loading either runs the TORCH_LIBRARY registrations. The extension's only
+// Python symbol is its module init function, which is never called here, so lazy binding loads it.
+#include <dlfcn.h>
 #include <torch/torch.h>
 
 #include <cstdlib>
@@ -17,7 +21,15 @@ void expect(bool ok, const char* what) {
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::cerr << "usage: " << argv[0] << " LIBRARY (libpydet_ops.so or pydet/_C*.so)\n";
+    return EXIT_FAILURE;
+  }
+  if (dlopen(argv[1], RTLD_LAZY | RTLD_GLOBAL) == nullptr) {
+    std::cerr << "cannot load " << argv[1] << ": " << dlerror() << "\n";
+    return EXIT_FAILURE;
+  }
   auto box_iou = c10::Dispatcher::singleton().findSchemaOrThrow("pydet::box_iou", "").typed<at::Tensor(
       const at::Tensor&, const at::Tensor&)>();
   const auto a = torch::tensor({{0.f, 0.f, 10.f, 10.f}, {5.f, 5.f, 15.f, 15.f}});

@@ -9,7 +9,7 @@ Image = pytest.importorskip("PIL.Image")
 mask_utils = pytest.importorskip("pycocotools.mask")
 
 from pydet.data.coco import AnnotationError, CocoDetection, load_coco
-from pydet.data.video import InputError
+from pydet.errors import InputError
 from pydet.engine.evaluate import coco_evaluate
 
 

@@ -3,7 +3,7 @@ import torch
 
 from pydet import ops
 from pydet.data import SyntheticShapes
-from pydet.data.transforms import Compose, Letterbox, Mosaic, RandomHorizontalFlip, RandomScaleJitter, mask_extents
+from pydet.data.transforms import Compose, Mosaic, RandomHorizontalFlip, RandomScaleJitter, mask_extents
 
 
 def tight_boxes(masks):
@@ -61,13 +61,3 @@ def test_mosaic_combines_four_images_consistently():
     torch.manual_seed(0)
     plain = Mosaic(SyntheticShapes(2, 64), size=96, p=0.0)[1]
     assert torch.equal(plain[0], SyntheticShapes(2, 64)[1][0])
-
-
-def test_letterbox_maps_boxes_and_masks_like_the_image():
-    image, target = SyntheticShapes(1, (48, 80), seed=3)[0]
-    out, boxed = Letterbox(96)(image, target)
-    # 80 -> 96 wide (scale 1.2), 48 -> 58 high, centred: 19 rows of grey above
-    assert out.shape == (3, 96, 96) and boxed["masks"].shape == (len(target["boxes"]), 96, 96)
-    assert torch.allclose(out[:, 0, 0], torch.full((3,), 114 / 255))
-    assert torch.allclose(boxed["boxes"], target["boxes"] * 1.2 + torch.tensor([0.0, 19.0, 0.0, 19.0]))
-    assert (mask_extents(boxed["masks"]) - boxed["boxes"]).abs().max() <= 1

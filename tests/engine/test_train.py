@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pydet.data import SyntheticShapes
-from pydet.data.video import InputError
+from pydet.errors import InputError
 from pydet.engine import load_checkpoint, read_weights, train
 from pydet.engine.train import Schedule
 
@@ -145,3 +145,20 @@ def test_resume_is_exact_for_a_real_model_with_random_sampling(tmp_path):
     assert full.steps == second.steps == 4 and second.losses == full.losses[2:]
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("setting", [{"batch_size": 0}, {"epochs": 0}, {"max_steps": 0}, {"max_steps": -3},
+                                     {"checkpoint_every": 0}, {"log_every": 0}, {"batch_size": 2.5}])
+def test_counts_must_be_positive(setting, dataset, tmp_path):
+    name = next(iter(setting))
+    with pytest.raises(ValueError, match=f"{name} must be a positive integer"):
+        train(make_model(), dataset, checkpoint=tmp_path / "last.safetensors", progress=False, **setting)
+    assert not (tmp_path / "last.safetensors").exists()
+
+
+def test_resume_refuses_another_models_checkpoint(dataset, tmp_path):
+    ckpt = tmp_path / "last.safetensors"
+    train(make_model(), dataset, max_steps=2, checkpoint=ckpt, progress=False, meta={"model": "yolov7_tiny"})
+    with pytest.raises(ValueError, match="a checkpoint of yolov7_tiny, not of centermask2"):
+        train(make_model(), dataset, max_steps=4, checkpoint=ckpt, resume=True, progress=False,
+              meta={"model": "centermask2"})
