@@ -27,7 +27,11 @@ Interface for a model family (``pydet/deploy/<family>.py``; kept stable):
   (zero the rows past ``num_detections``), :func:`sort_detections` (re-sort rows by a new score) and
   :func:`pad_rows` (pad the output tuple to ``max_detections`` rows when the model keeps fewer);
 * the model class gets a thin ``export_module(self, image_size=None, max_detections=100)`` that imports the
-  family's module and returns it.
+  family's module and returns it;
+* ops that translate to ONNX: ``multiclass_nms`` (shared ``[B, N, 4]`` or per-class ``[B, N, C, 4]`` boxes,
+  ``pre_nms_topk``, ``class_agnostic``), ``roi_align``, ``multi_scale_roi_align`` (with or without
+  ``levels``) and ``grid_points``; the data-dependent ``nms`` / ``batched_nms`` do not, so deployment
+  modules use ``multiclass_nms``.
 
 Tools (``pydet.deploy.export``): :func:`export_program` (``torch.export`` with a dynamic batch),
 :func:`export_onnx`, :func:`package_aoti`, :func:`save_exported` (by format: ``pt2``, ``onnx``, ``aoti``) and
