@@ -24,6 +24,11 @@ def spread_weights(model: nn.Module, seed: int = 0, gain: float = 0.5) -> nn.Mod
             network = model.model if hasattr(model, "detect") else model.backbone
             network.train()
             network(scenes(4, 128, 128, seed=seed + 1))
+        if hasattr(model, "detect"):  # deep YOLOs: bring each level's logits to about `gain` standard deviation
+            model.eval()
+            for conv, level in zip(model.detect.m, model.model(scenes(2, 128, 128, seed=seed + 2))):
+                conv.weight.div_(level.std() / gain)
+                conv.bias.copy_(torch.randn(conv.bias.shape, generator=g) * 0.5 - 1.5)
     return model.eval()
 
 
