@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 NPROC := $(shell nproc 2>/dev/null || echo 2)
 export MAX_JOBS ?= $(NPROC)
 
-EXTRAS ?= test,video,coco
+EXTRAS ?= test,video,coco,export
 # `make test` runs each stage through `timed` and prints the seconds per stage before pytest, so that
 # pytest's own summary (with its time) stays the last line.
 STAGE_TIMES := .make-test-times

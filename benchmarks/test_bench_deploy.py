@@ -1,0 +1,67 @@
+"""Deployment paths against eager pydet, per model, in one process: batch 1 at the model's own size.
+
+    eager        ``model([image])`` (the eager model, its CPU objectness pre-filter included)
+    compile      ``torch.compile`` of the deployment module (inductor, frozen weights)
+    aoti         the AOTInductor package of the exported program, loaded with ``aoti_load_package``
+    onnxruntime  the ONNX file on onnxruntime's CPU provider
+
+Each path's detections are compared with eager's (``extra_info``: counts and labels equal, largest box and
+score differences). Random weights with spread-out outputs (tests/deploy/helpers.py), so that there are
+detections to compare. AOTInductor compiles take minutes per model on 2 cores; ``PYDET_BENCH_AOTI=all``
+packages every model (default: YOLOv7-tiny only). Results: benchmarks/results/cpu-deploy.json.
+"""
+import importlib.util
+import os
+
+import pytest
+import torch
+
+from pydet.deploy import export_onnx, export_program, load_exported, package_aoti
+from pydet.deploy.verify import compare_outputs
+from tests.deploy.helpers import build, scenes
+
+MODELS = {"yolov7_tiny": (640, {}), "yolov7": (640, {}), "centermask2_lite_vovnet19_slim": (600, {})}
+PATHS = ("eager", "compile", "aoti", "onnxruntime")
+AOTI_MODELS = list(MODELS) if os.environ.get("PYDET_BENCH_AOTI") == "all" else ["yolov7_tiny"]
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def setup(request, tmp_path_factory):
+    name = request.param
+    size, kwargs = MODELS[name]
+    model = build(name, **kwargs)
+    module = model.export_module((size, size), max_detections=100)
+    image = scenes(1, size, size, seed=1)
+    with torch.no_grad():
+        expected = module(image)
+    return name, model, module, image, expected, tmp_path_factory.mktemp(name)
+
+
+def _runner(path, name, model, module, image, folder):
+    if path == "eager":
+        return lambda: model([image[0]])
+    if path == "compile":
+        compiled = torch.compile(module, options={"freezing": True})  # weights folded in as constants
+        return lambda: compiled(image)
+    if path == "aoti":
+        if name not in AOTI_MODELS:
+            pytest.skip("AOTInductor package of this model: set PYDET_BENCH_AOTI=all")
+        exported = load_exported(package_aoti(export_program(module), folder / "model.pt2"))
+        return lambda: exported(image)
+    if importlib.util.find_spec("onnxruntime") is None:
+        pytest.skip("needs onnxruntime (the export extra)")
+    exported = load_exported(export_onnx(module, folder / "model.onnx"))
+    return lambda: exported(image)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_deploy_latency(benchmark, setup, path):
+    name, model, module, image, expected, folder = setup
+    size = image.shape[-1]
+    benchmark.group = f"{name}-deploy-{size}x{size}-batch1"
+    run = _runner(path, name, model, module, image, folder)
+    with torch.no_grad():
+        outputs = run()
+        if path != "eager":
+            benchmark.extra_info.update(compare_outputs(expected, outputs))
+        benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
