@@ -77,6 +77,12 @@ class GeneralizedRCNN(nn.Module):
                 det["masks"] = ops.paste_masks(det["masks"][:, 0], det["boxes"], size, threshold=None)[:, None]
         return detections
 
+    def export_module(self, image_size: tuple[int, int], max_detections: int = 100) -> nn.Module:
+        """This model's inference on ``[B, 3, H, W]`` batches of ``image_size``, with fixed-size outputs
+        for ``torch.export`` / ONNX / AOTInductor (``pydet.deploy.rcnn.RCNNExport``; API.md, Deployment)."""
+        from ..deploy.rcnn import RCNNExport
+        return RCNNExport(self, image_size, max_detections)
+
     @torch.no_grad()
     def fuse(self) -> "GeneralizedRCNN":
         """Fold every BatchNorm of the backbone (frozen, or the running statistics of a trainable one)

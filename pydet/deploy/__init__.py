@@ -1,0 +1,1 @@
+"""Deployment: fixed-shape modules of the models for torch.export, ONNX and AOTInductor."""
