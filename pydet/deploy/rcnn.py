@@ -32,6 +32,11 @@ from ..modeling.rpn import flatten_levels
 from ..modeling.transform import resize_boxes
 
 
+# Candidates are chosen by giving the others a -inf score, so multiclass_nms's threshold only has to lie below
+# every probability. It is finite because AOTInductor packages store the op's float arguments as JSON numbers.
+_BELOW_PROBABILITIES = -1.0
+
+
 def _positive_int(value, name: str) -> int:
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an int, got bool")
@@ -171,11 +176,11 @@ class RCNNExport(nn.Module):
         widths, heights = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
         candidate = (widths >= rpn.min_size) & (heights >= rpn.min_size) & (scores >= rpn.score_thresh)
         # One NMS class per level: each candidate scores in its level's column only.
-        own_level = torch.tensor(level_of, device=logits.device)[:, None] == torch.arange(len(per_level),
-                                                                                         device=logits.device)
+        levels = torch.arange(len(per_level), device=logits.device)
+        own_level = torch.tensor(level_of, device=logits.device)[:, None] == levels
         level_scores = torch.where(candidate[..., None] & own_level, scores[..., None], float("-inf"))
-        proposals, _, _, num_proposals = ops.multiclass_nms(boxes, level_scores, float("-inf"), rpn.nms_thresh,
-                                                            rpn.post_nms_top_n_test)
+        proposals, _, _, num_proposals = ops.multiclass_nms(
+            boxes, level_scores, _BELOW_PROBABILITIES, rpn.nms_thresh, rpn.post_nms_top_n_test)
         return proposals, num_proposals
 
     def detect(self, features: dict[str, Tensor], proposals: Tensor,
@@ -196,8 +201,8 @@ class RCNNExport(nn.Module):
                      & real[..., None])
         scores = torch.where(candidate, scores, float("-inf"))
         limit = min(self.max_detections, heads.detections_per_img)
-        boxes, scores, labels, num_detections = ops.multiclass_nms(boxes, scores, float("-inf"), heads.nms_thresh,
-                                                                   limit)
+        boxes, scores, labels, num_detections = ops.multiclass_nms(
+            boxes, scores, _BELOW_PROBABILITIES, heads.nms_thresh, limit)
         return boxes, scores, torch.where(labels >= 0, labels + 1, labels), num_detections
 
     def mask_probabilities(self, features: dict[str, Tensor], boxes: Tensor, labels: Tensor,

@@ -5,9 +5,9 @@ ResNet-50 presets.
 The small presets run at 96x128 (resized to 120x160) with 5 classes and score threshold 0.3, where the
 test batch has detection counts that differ between images, one of them zero (checked, not assumed).
 """
-import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +17,7 @@ from pydet import ops
 from pydet.deploy.rcnn import RCNNExport, decode_boxes
 from pydet.models import build
 
+ROOT = Path(__file__).resolve().parents[2]
 HEIGHT, WIDTH = 96, 128
 TINY = dict(num_classes=5, min_size=128, max_size=160, rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50,
             box_score_thresh=0.3)
@@ -93,6 +94,7 @@ def test_sample_images_have_different_counts_and_an_empty_image(small):
 
 def test_module_equals_eager(small):
     model, module = small
+    assert isinstance(module, RCNNExport)
     images = sample_images(3)
     with torch.no_grad():
         outputs = module(images)
@@ -171,3 +173,44 @@ def test_bad_arguments():
     model.train()
     with pytest.raises(RuntimeError, match="eval"):
         model.export_module((96, 128))
+
+
+AOTI_RUNNER = """
+import sys, torch
+import pydet  # registers the pydet ops the package calls
+package, inputs, outputs = sys.argv[1:]
+module = torch._inductor.aoti_load_package(package)
+torch.save([list(module(x)) for x in torch.load(inputs)], outputs)
+"""
+
+
+@pytest.mark.slow
+def test_aoti_package_in_fresh_process(tmp_path):
+    """AOTInductor package of the small Mask R-CNN, loaded and run in another process (a few minutes)."""
+    model = small_model("mask_rcnn_resnet18_fpn")
+    module = model.export_module((HEIGHT, WIDTH), max_detections=MAX_DETECTIONS)
+    program = export(module, (sample_images(2),), dynamic_shapes=({0: Dim("batch")},))
+    package = torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / "mask_rcnn.pt2"))
+    batches = [sample_images(1), sample_images(3)]
+    torch.save(batches, tmp_path / "inputs.pt")
+    subprocess.run([sys.executable, "-c", AOTI_RUNNER, package, str(tmp_path / "inputs.pt"),
+                    str(tmp_path / "outputs.pt")], check=True, cwd=ROOT)
+    for images, outputs in zip(batches, torch.load(tmp_path / "outputs.pt")):
+        # Inductor's fused kernels round differently: the ONNX tolerances.
+        assert_matches_eager(outputs, eager_detections(model, images), box_tol=1e-2, score_tol=1e-4, mask_tol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["faster_rcnn_resnet50_fpn", "mask_rcnn_resnet50_fpn"])
+def test_resnet50_export_dynamic_batch(name):
+    """The torchvision-sized presets at their default settings (800x1066 after resizing, 1000 proposals,
+    100 detections with random weights): the exported program against eager for batches of 1 and 2."""
+    torch.manual_seed(0)
+    model = build(name).eval()
+    module = model.export_module((480, 640))
+    program = export(module, (sample_images(1, 480, 640),), dynamic_shapes=({0: Dim("batch")},))
+    for batch in (1, 2):
+        images = sample_images(batch, 480, 640)
+        eager = eager_detections(model, images)
+        assert len(eager[0]["boxes"]) == 100
+        assert_matches_eager(program.module()(images), eager, (480, 640))
