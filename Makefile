@@ -16,7 +16,7 @@ deps:
 # Editable build: the extension is compiled in place (ninja, incremental), so tests run the tree.
 build: deps
 	$(PIP) install --no-build-isolation --no-deps -e .
-	$(PIP) install --no-build-isolation -e ".[test,video,coco]"
+	$(PIP) install --no-build-isolation -e ".[test,video,coco,export]"
 
 cuda-check:
 	bash tools/cuda_check.sh

@@ -102,6 +102,20 @@ VARIANTS = {
 }
 
 
+def letterbox_layout(image_sizes: Sequence[tuple[int, int]], img_size: int, *, auto: bool = True, stride: int = 32):
+    """Where :func:`letterbox` puts images of these ``(h, w)`` sizes: per-image scales and resized sizes, the
+    batch's ``(height, width)`` and per-image ``(left, top)`` paddings."""
+    scales = [img_size / max(h, w) for h, w in image_sizes]
+    resized_sizes = [(max(1, round(h * scale)), max(1, round(w * scale))) for (h, w), scale in zip(image_sizes, scales)]
+    if auto:
+        height = math.ceil(max(s[0] for s in resized_sizes) / stride) * stride
+        width = math.ceil(max(s[1] for s in resized_sizes) / stride) * stride
+    else:
+        height = width = img_size
+    paddings = [((width - w) // 2, (height - h) // 2) for h, w in resized_sizes]
+    return scales, resized_sizes, (height, width), paddings
+
+
 def letterbox(images: Sequence[Tensor], img_size: int, *, auto: bool = True, stride: int = 32,
               pad_value: float = PAD_VALUE) -> tuple[Tensor, Tensor, Tensor]:
     """Resize each image so its long side is ``img_size`` and pad all to one ``[B, 3, H, W]`` batch.
@@ -110,18 +124,8 @@ def letterbox(images: Sequence[Tensor], img_size: int, *, auto: bool = True, str
     image when ``auto``, else ``img_size x img_size``. Returns the batch, the per-image scale ``[B]`` and the
     per-image ``(left, top)`` padding ``[B, 2]``: letterboxed = original * scale + padding.
     """
-    resized_sizes, scales = [], []
-    for img in images:
-        h, w = img.shape[-2:]
-        scale = img_size / max(h, w)
-        resized_sizes.append((max(1, round(h * scale)), max(1, round(w * scale))))
-        scales.append(scale)
-    if auto:
-        height = math.ceil(max(s[0] for s in resized_sizes) / stride) * stride
-        width = math.ceil(max(s[1] for s in resized_sizes) / stride) * stride
-    else:
-        height = width = img_size
-    paddings = [((width - w) // 2, (height - h) // 2) for h, w in resized_sizes]
+    scales, resized_sizes, (height, width), paddings = letterbox_layout(
+        [tuple(img.shape[-2:]) for img in images], img_size, auto=auto, stride=stride)
     ref = images[0]
     # Small host-to-device copies first, before this batch's image work is queued on the device.
     scale_tensor = torch.tensor(scales, dtype=torch.float32, device=ref.device)
@@ -132,6 +136,13 @@ def letterbox(images: Sequence[Tensor], img_size: int, *, auto: bool = True, str
             img = F.interpolate(img[None], size=(h, w), mode="bilinear", align_corners=False)[0]
         batch[i, :, top:top + h, left:left + w] = img
     return batch, scale_tensor, padding_tensor
+
+
+def unletterbox(boxes: Tensor, scales: Tensor, padding: Tensor, limits: Tensor) -> Tensor:
+    """Boxes ``[B, D, 4]`` from letterboxed pixels back to each input image (``scales [B]``, ``padding [B, 2]``),
+    clipped to ``[0, limits]`` (``[B, 1, 4]``: ``w, h, w, h``)."""
+    boxes = (boxes - padding.repeat(1, 2)[:, None].to(boxes.dtype)) / scales[:, None, None]
+    return torch.min(boxes.clamp(min=0), limits)
 
 
 def _check_inputs(images, targets, num_classes: int, training: bool) -> None:
@@ -236,11 +247,13 @@ class YOLOv7(nn.Module):
             self._grids[key] = ops.grid_points(sizes, [1] * len(sizes), offset=0.0, dtype=dtype, device=device)
         return self._grids[key]
 
-    def decode(self, predictions: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    def decode(self, predictions: list[Tensor], grids: list[Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Boxes ``[B, N, 4]`` xyxy in letterboxed pixels, objectness ``[B, N]`` and class probabilities
-        ``[B, N, C]``; ``N`` runs over levels, then anchors, then cells row by row, as the official output."""
-        sizes = [tuple(p.shape[2:4]) for p in predictions]
-        grids = self._grid(sizes, predictions[0].device, predictions[0].dtype)
+        ``[B, N, C]``; ``N`` runs over levels, then anchors, then cells row by row, as the official output.
+        ``grids``: the cell grids of these levels (default: built and cached per size)."""
+        if grids is None:
+            sizes = [tuple(p.shape[2:4]) for p in predictions]
+            grids = self._grid(sizes, predictions[0].device, predictions[0].dtype)
         boxes, confidences = [], []
         for p, grid, stride, anchors in zip(predictions, grids, STRIDES, self.detect.anchor_grid):
             b, a, h, w, o = p.shape
@@ -276,19 +289,28 @@ class YOLOv7(nn.Module):
                 boxes = boxes.reshape(-1, 4).index_select(0, rows).view(batch, count, 4)
                 class_probs = class_probs.reshape(-1, num_classes).index_select(0, rows).view(batch, count, -1)
                 objectness = objectness.reshape(-1).index_select(0, rows).view(batch, count) * valid
+        det_boxes, det_scores, det_labels, counts = self.nms(boxes, objectness, class_probs,
+                                                             self.box_detections_per_img)
+        limits = det_boxes.new_tensor([[w, h, w, h] for h, w in image_sizes])[:, None]
+        det_boxes = unletterbox(det_boxes, scales, padding, limits)
+        return [{"boxes": det_boxes[i, :n], "scores": det_scores[i, :n], "labels": det_labels[i, :n].long()}
+                for i, n in enumerate(counts.tolist())]
+
+    def nms(self, boxes: Tensor, objectness: Tensor, class_probs: Tensor, max_per_image: int):
+        """Scores (``objectness x class probability``: every class, or the best one) and ``multiclass_nms``."""
         if self.multi_label:
             scores = class_probs * objectness[..., None]
         else:
             best, label = class_probs.max(-1, keepdim=True)
             scores = torch.zeros_like(class_probs).scatter_(-1, label, best * objectness[..., None])
-        det_boxes, det_scores, det_labels, counts = ops.multiclass_nms(
-            boxes, scores, threshold, self.box_nms_thresh, self.box_detections_per_img,
-            pre_nms_topk=self.pre_nms_topk)
-        det_boxes = (det_boxes - padding.repeat(1, 2)[:, None].to(det_boxes.dtype)) / scales[:, None, None]
-        limits = det_boxes.new_tensor([[w, h, w, h] for h, w in image_sizes])[:, None]
-        det_boxes = torch.min(det_boxes.clamp(min=0), limits)
-        return [{"boxes": det_boxes[i, :n], "scores": det_scores[i, :n], "labels": det_labels[i, :n].long()}
-                for i, n in enumerate(counts.tolist())]
+        return ops.multiclass_nms(boxes, scores, self.box_score_thresh, self.box_nms_thresh, max_per_image,
+                                  pre_nms_topk=self.pre_nms_topk)
+
+    def export_module(self, image_size=None, max_detections: int = 100) -> nn.Module:
+        """The deployment module of fixed-size ``image_size`` inputs (default square ``img_size``); see
+        :mod:`pydet.deploy`. Shares this model's weights and puts it in eval mode."""
+        from ..deploy.yolov7 import YOLOv7Export
+        return YOLOv7Export(self, image_size or self.img_size, max_detections)
 
     def forward(self, images, targets: list[dict[str, Tensor]] | None = None):
         _check_inputs(images, targets, self.num_classes, self.training)

@@ -80,7 +80,21 @@ def grid_points(feature_sizes, strides, offset: float | Sequence[float] | None =
         offsets = [float(o) for o in offset]
         if len(offsets) != levels:
             raise ValueError(f"offset must have one value per level ({levels}), got {len(offsets)}")
+    if torch.onnx.is_in_onnx_export():
+        return _grid_points_onnx(sizes, steps, offsets, dtype, torch.device(device))
     return torch.ops.pydet.grid_points(sizes, steps, offsets, dtype=dtype, device=torch.device(device))
+
+
+def _grid_points_onnx(sizes: list[int], steps: list[int], offsets: list[float], dtype: torch.dtype,
+                      device: torch.device) -> list[Tensor]:
+    """The kernel's arithmetic in torch operators (Range, Mul, Add, Tile) for the ONNX exporter."""
+    levels = []
+    for level, offset in enumerate(offsets):
+        h, w = sizes[2 * level], sizes[2 * level + 1]
+        xs = torch.arange(w, dtype=dtype, device=device) * steps[2 * level + 1] + offset
+        ys = torch.arange(h, dtype=dtype, device=device) * steps[2 * level] + offset
+        levels.append(torch.stack((xs.repeat(h), ys.repeat_interleave(w)), 1))
+    return levels
 
 
 @torch.library.register_fake("pydet::grid_anchors")

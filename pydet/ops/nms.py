@@ -18,9 +18,11 @@ from __future__ import annotations
 import operator
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ._checks import check_boxes, check_float, check_same_device, check_same_dtype, check_tensor
+from ._onnx import onnx_op
 
 INTEGER = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
@@ -89,9 +91,79 @@ def multiclass_nms(boxes: Tensor, scores: Tensor, score_threshold: float, iou_th
     check_same_device(("boxes", boxes), ("scores", scores))
     check_same_dtype(("boxes", boxes), ("scores", scores))
     topk = -1 if pre_nms_topk is None else _positive_int(pre_nms_topk, "pre_nms_topk")
-    return torch.ops.pydet.multiclass_nms(
-        boxes, scores, check_float(score_threshold, "score_threshold"), check_float(iou_threshold, "iou_threshold"),
-        _positive_int(max_per_image, "max_per_image"), bool(class_agnostic), topk)
+    args = (boxes, scores, check_float(score_threshold, "score_threshold"), check_float(iou_threshold, "iou_threshold"),
+            _positive_int(max_per_image, "max_per_image"), bool(class_agnostic), topk)
+    if torch.onnx.is_in_onnx_export():
+        return _multiclass_nms_onnx(*args)
+    return torch.ops.pydet.multiclass_nms(*args)
+
+
+def _multiclass_nms_onnx(boxes: Tensor, scores: Tensor, score_threshold: float, iou_threshold: float,
+                         max_per_image: int, class_agnostic: bool, pre_nms_topk: int):
+    """``multiclass_nms`` in standard ONNX operators (TopK, ScatterND, NonMaxSuppression, GatherElements).
+
+    Same semantics: ONNX's NonMaxSuppression keeps ``score > score_threshold`` and suppresses at
+    ``IoU > iou_threshold``, and TopK breaks ties by the lower index, which over the ``[B, N * C]`` pairs
+    (box-major) is pydet's order of box index, then class. The kept pairs are written into a dense
+    ``-inf``-filled score table, so the final best ``max_per_image`` is one TopK and every output has a
+    fixed size. (ONNX normalises inverted boxes, whose area pydet takes as negative: such boxes may differ.)
+    """
+    batch, num_boxes, num_classes = scores.shape
+    num_pairs = num_boxes * num_classes
+    pairs = scores.reshape(batch, num_pairs)
+    if 0 < pre_nms_topk < num_pairs:
+        # Only the best pre_nms_topk pairs above the threshold take part; the others drop to -inf.
+        candidates = torch.where(pairs > score_threshold, pairs, float("-inf"))
+        top_scores, top_index = candidates.topk(pre_nms_topk, dim=1)
+        pairs = torch.full_like(pairs, float("-inf")).scatter(1, top_index, top_scores)
+    image, pair = _onnx_nms_selection(boxes, pairs, batch, num_boxes, num_classes, score_threshold, iou_threshold,
+                                      class_agnostic)
+    kept = torch.full_like(pairs, float("-inf")).index_put((image, pair), pairs[image, pair])
+    count = min(max_per_image, num_pairs)
+    top_scores, top_pair = kept.topk(count, dim=1)
+    valid = top_scores > float("-inf")
+    box_index = torch.div(top_pair, num_classes, rounding_mode="floor")
+    if boxes.dim() == 4:
+        box_index = top_pair
+        boxes = boxes.reshape(batch, num_pairs, 4)
+    det_boxes = boxes.gather(1, box_index[..., None].expand(batch, count, 4))
+    det_boxes = torch.where(valid[..., None], det_boxes, 0.0)
+    det_scores = torch.where(valid, top_scores, 0.0)
+    det_labels = torch.where(valid, top_pair % num_classes, -1)
+    padding = max_per_image - count  # fewer pairs than rows: the rest is padding
+    if padding:
+        det_boxes, det_scores = F.pad(det_boxes, (0, 0, 0, padding)), F.pad(det_scores, (0, padding))
+        det_labels = F.pad(det_labels, (0, padding), value=-1)
+    return det_boxes, det_scores, det_labels, valid.sum(1)
+
+
+def _onnx_nms_selection(boxes: Tensor, pairs: Tensor, batch: int, num_boxes: int, num_classes: int,
+                        score_threshold: float, iou_threshold: float, class_agnostic: bool) -> tuple[Tensor, Tensor]:
+    """ONNX NonMaxSuppression over the ``[B, N * C]`` pair scores: ``(image, pair index)`` of each kept pair.
+
+    Classes are laid out so that one NonMaxSuppression call does the work: shared boxes as ONNX's classes,
+    per-class boxes as separate batch entries, and class-agnostic NMS as one class over all pairs.
+    """
+    if class_agnostic:
+        pair_boxes = boxes if boxes.dim() == 4 else boxes[:, :, None].expand(batch, num_boxes, num_classes, 4)
+        nms_boxes, nms_scores = pair_boxes.reshape(batch, num_boxes * num_classes, 4), pairs[:, None]
+    elif boxes.dim() == 4:
+        nms_boxes = boxes.transpose(1, 2).reshape(batch * num_classes, num_boxes, 4)
+        nms_scores = pairs.view(batch, num_boxes, num_classes).transpose(1, 2).reshape(batch * num_classes, 1, -1)
+    else:
+        nms_boxes, nms_scores = boxes, pairs.view(batch, num_boxes, num_classes).transpose(1, 2)
+    limit = torch.tensor([num_boxes * num_classes], dtype=torch.int64)
+    # The count of kept pairs is data-dependent; the declared bound (every pair) only annotates the graph.
+    selected = onnx_op("NonMaxSuppression",
+                       (nms_boxes, nms_scores.contiguous(), limit, torch.tensor([iou_threshold], dtype=torch.float32),
+                        torch.tensor([score_threshold], dtype=torch.float32)),
+                       {"center_point_box": 0}, dtype=torch.int64, shape=(nms_scores.numel(), 3))
+    entry, klass, index = selected.unbind(1)
+    if class_agnostic:
+        return entry, index
+    if boxes.dim() == 4:
+        return torch.div(entry, num_classes, rounding_mode="floor"), index * num_classes + entry % num_classes
+    return entry, index * num_classes + klass
 
 
 @torch.library.register_fake("pydet::nms")

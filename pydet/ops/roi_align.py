@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_float, check_same_device, check_tensor
+from ._onnx import onnx_op
 
 _INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
@@ -99,8 +100,35 @@ def roi_align(input: Tensor, boxes: Tensor | Sequence[Tensor], output_size, spat
     rois = convert_boxes_to_rois(boxes, input.shape[0])
     check_same_device(("input", input), ("boxes", rois))
     pooled_h, pooled_w = _pair(output_size)
-    return torch.ops.pydet.roi_align(input, rois, _scale(spatial_scale), pooled_h, pooled_w,
-                                     _as_int(sampling_ratio, "sampling_ratio"), bool(aligned))
+    args = (_scale(spatial_scale), pooled_h, pooled_w, _as_int(sampling_ratio, "sampling_ratio"), bool(aligned))
+    if torch.onnx.is_in_onnx_export():
+        return _roi_align_onnx(input, rois, *args)
+    return torch.ops.pydet.roi_align(input, rois, *args)
+
+
+def _roi_align_onnx(input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int,
+                    sampling_ratio: int, aligned: bool) -> Tensor:
+    """``roi_align`` as ONNX's RoiAlign (average mode): ``half_pixel`` is ``aligned=True``'s half-pixel shift,
+    ``output_half_pixel`` the legacy mode with RoIs of at least one pixel; sampling ratio 0 is adaptive."""
+    attributes = {
+        "coordinate_transformation_mode": "half_pixel" if aligned else "output_half_pixel",
+        "mode": "avg", "output_height": pooled_height, "output_width": pooled_width,
+        "sampling_ratio": max(sampling_ratio, 0), "spatial_scale": spatial_scale,
+    }
+    return onnx_op("RoiAlign", (input, rois[:, 1:].contiguous(), rois[:, 0].to(torch.int64)), attributes,
+                   dtype=input.dtype, shape=(rois.shape[0], input.shape[1], pooled_height, pooled_width))
+
+
+def _multi_scale_roi_align_onnx(features: list[Tensor], rois: Tensor, levels: Tensor, spatial_scales: list[float],
+                                pooled_height: int, pooled_width: int, sampling_ratio: int, aligned: bool) -> Tensor:
+    """Every box pooled from every level by ONNX RoiAlign, each row then taken from its own level (a level
+    outside the pyramid pools zeros, as the kernel)."""
+    output = None
+    for index, (feature, scale) in enumerate(zip(features, spatial_scales)):
+        pooled = _roi_align_onnx(feature, rois, scale, pooled_height, pooled_width, sampling_ratio, aligned)
+        output = torch.zeros_like(pooled) if output is None else output
+        output = torch.where((levels == index)[:, None, None, None], pooled, output)
+    return output
 
 
 def fpn_levels(boxes: Tensor, k_min: int, k_max: int, canonical_scale: float = 224, canonical_level: int = 4,
@@ -166,15 +194,16 @@ def multi_scale_roi_align(features: Sequence[Tensor], boxes: Tensor | Sequence[T
     sampling_ratio = _as_int(sampling_ratio, "sampling_ratio")
     if levels is None:
         if len(features) == 1:
-            return torch.ops.pydet.roi_align(features[0], rois, scales[0], pooled_h, pooled_w, sampling_ratio,
-                                             bool(aligned))
+            return roi_align(features[0], rois, (pooled_h, pooled_w), scales[0], sampling_ratio, aligned)
         levels = fpn_levels(rois[:, 1:], *level_range(scales), canonical_scale, canonical_level)
     check_tensor(levels, "levels", dims=1, dtypes=_INDEX_DTYPES)
     if levels.shape[0] != rois.shape[0]:
         raise ValueError(f"levels must have one entry per box ({rois.shape[0]}), got {levels.shape[0]}")
     check_same_device(("boxes", rois), ("levels", levels))
-    return torch.ops.pydet.multi_scale_roi_align(features, rois, levels.long(), scales, pooled_h, pooled_w,
-                                                 sampling_ratio, bool(aligned))
+    args = (features, rois, levels.long(), scales, pooled_h, pooled_w, sampling_ratio, bool(aligned))
+    if torch.onnx.is_in_onnx_export():
+        return _multi_scale_roi_align_onnx(*args)
+    return torch.ops.pydet.multi_scale_roi_align(*args)
 
 
 # ---- fake kernels ----
