@@ -20,8 +20,6 @@ depends on data, so the batch dimension stays dynamic.
 """
 from __future__ import annotations
 
-import operator
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -29,30 +27,11 @@ from torch import Tensor, nn
 from .. import ops
 from ..modeling.batching import clip_boxes_per_image, gather_rows
 from ..modeling.rpn import flatten_levels
-from ..modeling.transform import resize_boxes
-
+from .common import DetectionExport, ResizeNormalize, mask_padding, padded_rois
 
 # Candidates are chosen by giving the others a -inf score, so multiclass_nms's threshold only has to lie below
 # every probability. It is finite because AOTInductor packages store the op's float arguments as JSON numbers.
 _BELOW_PROBABILITIES = -1.0
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got bool")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
-    return value
-
-
-def _image_size(image_size) -> tuple[int, int]:
-    if not isinstance(image_size, (tuple, list)) or len(image_size) != 2:
-        raise ValueError(f"image_size must be a (height, width) pair, got {image_size!r}")
-    return _positive_int(image_size[0], "image_size[0]"), _positive_int(image_size[1], "image_size[1]")
 
 
 def decode_boxes(rel_codes: Tensor, boxes: Tensor, weights=(1.0, 1.0, 1.0, 1.0)) -> Tensor:
@@ -80,81 +59,50 @@ def _pad_rows(x: Tensor, rows: int, value: float) -> Tensor:
     return F.pad(x, pad, value=value)
 
 
-class RCNNExport(nn.Module):
-    """``GeneralizedRCNN`` inference on ``[B, 3, H, W]`` images in [0, 1] of one ``image_size``, padded.
-
-    Returns ``boxes [B, D, 4]`` (xyxy in the input's pixels), ``scores [B, D]``, ``labels [B, D]`` int64
-    (-1 on padding rows), ``num_detections [B]`` int64 and, for Mask R-CNN, ``masks [B, D, M, M]`` (the
-    predicted class's mask probabilities in box coordinates), with ``D = max_detections``: the first
-    ``D`` of the detections ``model(list(images))`` returns, in its order. The modules are the model's
-    own (not copies): later changes to its weights show in this module.
+class RCNNExport(DetectionExport):
+    """``GeneralizedRCNN.export_module``: its inference on ``[B, 3, H, W]`` images in [0, 1] of one
+    ``image_size``, with the fixed-size outputs of :class:`DetectionExport` (``masks [B, D, M, M]`` for Mask
+    R-CNN): the first ``D = max_detections`` of the detections ``model(list(images))`` returns, in its
+    order, padded. The modules are the model's own (not copies).
     """
 
-    def __init__(self, model: nn.Module, image_size: tuple[int, int], max_detections: int = 100):
-        super().__init__()
-        if model.training:
-            raise RuntimeError("export_module() exports inference: call model.eval() first")
-        self.image_size = _image_size(image_size)
-        self.max_detections = _positive_int(max_detections, "max_detections")
-        self.model = model
-        transform = model.transform
-        device = transform.image_mean.device
-        dtype = next(model.parameters()).dtype
-        # The eager transform's resize, run once: its output size is the fixed size of every batch.
-        resized = transform.resize(torch.zeros(3, *self.image_size, dtype=dtype, device=device), None)[0]
-        self.resized_size = (int(resized.shape[-2]), int(resized.shape[-1]))
-        divisor = max(int(transform.size_divisible), 1)
-        self.padded_size = tuple(-(-s // divisor) * divisor for s in self.resized_size)
-        self.register_buffer("image_mean", transform.image_mean[None].clone(), persistent=False)
-        self.register_buffer("image_std", transform.image_std[None].clone(), persistent=False)
-        self.register_buffer("clip_size", torch.tensor(self.resized_size, dtype=dtype, device=device),
+    def __init__(self, model: nn.Module, image_size, max_detections: int = 100):
+        super().__init__(model, image_size, max_detections, has_masks=model.roi_heads.has_mask)
+        self.resize = ResizeNormalize(model.transform, self.image_size)
+        parameter = next(model.parameters())
+        self.register_buffer("clip_size", torch.tensor(self.resize.resized_size, dtype=parameter.dtype,
+                                                       device=parameter.device), persistent=False)
+        self.register_buffer("anchors", self._anchors_and_pooler_scales(parameter.dtype, parameter.device),
                              persistent=False)
-        self.register_buffer("anchors", self._anchors_and_pooler_scales(dtype, device), persistent=False)
 
     @torch.no_grad()
     def _anchors_and_pooler_scales(self, dtype: torch.dtype, device: torch.device) -> Tensor:
         """The RPN's anchors for the padded size (which depend on the feature map sizes: found by one
         backbone pass on a blank image), and the RoI poolers' level scales set as eager inference sets them
         on its first call."""
-        blank = torch.zeros(1, 3, *self.padded_size, dtype=dtype, device=device)
+        padded_size = self.resize.padded_size
+        blank = torch.zeros(1, 3, *padded_size, dtype=dtype, device=device)
         features = self.model.backbone(blank)
-        feature_list = list(features.values())
         levels = self.model.rpn.anchor_generator.grid_anchors(
-            self.padded_size, [tuple(f.shape[-2:]) for f in feature_list], dtype, device)
+            padded_size, [tuple(f.shape[-2:]) for f in features.values()], dtype, device)
         heads = self.model.roi_heads
-        no_rois = blank.new_zeros(0, 5)
         for pooler in (heads.box_roi_pool, heads.mask_roi_pool):
             if pooler is not None:
-                pooler(features, no_rois, [self.resized_size])
+                pooler(features, blank.new_zeros(0, 5), [self.resize.resized_size])
         return torch.cat(levels)
 
-    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
-        features = self.model.backbone(self.preprocess(images))
+    def detect(self, images: Tensor) -> tuple[Tensor, ...]:
+        # Channels-last, as the eager inference runs the backbone (its convolutions round the same way).
+        features = self.model.backbone(self.resize(images).contiguous(memory_format=torch.channels_last))
         proposals, num_proposals = self.propose(features)
-        boxes, scores, labels, num_detections = self.detect(features, proposals, num_proposals)
-        outputs = (boxes, scores, labels, num_detections)
-        if self.model.roi_heads.has_mask:
-            outputs += (self.mask_probabilities(features, boxes, labels, num_detections),)
-        # Back from the resized image to the input's pixels (padding rows stay zero).
-        boxes = resize_boxes(boxes, self.resized_size, self.image_size)
-        outputs = (boxes,) + outputs[1:]
-        return self.pad_detections(outputs)
-
-    def preprocess(self, images: Tensor) -> Tensor:
-        """The eager transform for this size: normalise, resize (the size ``F.interpolate`` computes from
-        the eager scale factor), zero-pad to the size divisor; channels-last, as eager inference runs."""
-        if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be a [B, 3, H, W] tensor, got "
-                             f"{tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__}")
-        if tuple(images.shape[-2:]) != self.image_size:
-            raise ValueError(f"images must be {self.image_size[0]}x{self.image_size[1]} (the exported size), got "
-                             f"{images.shape[-2]}x{images.shape[-1]}")
-        if not images.is_floating_point():
-            raise ValueError(f"images must be floating point in [0, 1], got {images.dtype}")
-        x = (images - self.image_mean.to(images)) / self.image_std.to(images)
-        x = F.interpolate(x, size=self.resized_size, mode="bilinear", align_corners=False)
-        x = F.pad(x, (0, self.padded_size[1] - self.resized_size[1], 0, self.padded_size[0] - self.resized_size[0]))
-        return x.contiguous(memory_format=torch.channels_last)
+        boxes, scores, labels, num_detections = self.detect_boxes(features, proposals, num_proposals)
+        # Rows past the model's detections_per_img (when max_detections is larger) are padding.
+        rows = self.max_detections
+        outputs = (_pad_rows(self.resize.restore_boxes(boxes), rows, 0.0), _pad_rows(scores, rows, 0.0),
+                   _pad_rows(labels, rows, -1), num_detections)
+        if self.has_masks:
+            outputs += (_pad_rows(self.mask_probabilities(features, boxes, labels, num_detections), rows, 0.0),)
+        return outputs
 
     def propose(self, features: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """``[B, post_nms_top_n, 4]`` proposals sorted by objectness, and the number of real ones per image."""
@@ -183,13 +131,13 @@ class RCNNExport(nn.Module):
             boxes, level_scores, _BELOW_PROBABILITIES, rpn.nms_thresh, rpn.post_nms_top_n_test)
         return proposals, num_proposals
 
-    def detect(self, features: dict[str, Tensor], proposals: Tensor,
-               num_proposals: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def detect_boxes(self, features: dict[str, Tensor], proposals: Tensor,
+                     num_proposals: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Box head, decode, clip, score / size filter, class-aware NMS: the eager ``postprocess_detections``
         with fixed shapes. Boxes are in the resized image's pixels; labels include the background offset."""
         heads = self.model.roi_heads
         num_images, slots = proposals.shape[:2]
-        pooled = heads.box_roi_pool(features, self._rois(proposals), [self.resized_size])
+        pooled = heads.box_roi_pool(features, padded_rois(proposals), [self.resize.resized_size])
         class_logits, box_regression = heads.box_predictor(heads.box_head(pooled))
         num_classes = class_logits.shape[-1]
         boxes = decode_boxes(box_regression, proposals.reshape(-1, 4), heads.bbox_reg_weights)
@@ -208,26 +156,10 @@ class RCNNExport(nn.Module):
     def mask_probabilities(self, features: dict[str, Tensor], boxes: Tensor, labels: Tensor,
                            num_detections: Tensor) -> Tensor:
         """``[B, D, M, M]`` sigmoid of the mask head's logits at each detection's class; zero on padding."""
-        heads = self.model.roi_heads
         num_images, slots = boxes.shape[:2]
-        logits = heads.mask_logits(features, self._rois(boxes), [self.resized_size])
+        logits = self.model.roi_heads.mask_logits(features, padded_rois(boxes), [self.resize.resized_size])
         size = logits.shape[-2:]
         index = labels.clamp(min=0).reshape(-1, 1, 1, 1).expand(-1, 1, *size)
         probs = logits.gather(1, index).sigmoid().view(num_images, slots, *size)
-        real = torch.arange(slots, device=boxes.device) < num_detections[:, None]
-        return torch.where(real[..., None, None], probs, 0.0)
-
-    def pad_detections(self, outputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        """Pad the rows to ``max_detections`` when the model keeps fewer per image."""
-        boxes, scores, labels, num_detections, *masks = outputs
-        rows = self.max_detections
-        padded = (_pad_rows(boxes, rows, 0.0), _pad_rows(scores, rows, 0.0), _pad_rows(labels, rows, -1),
-                  num_detections)
-        return padded + tuple(_pad_rows(m, rows, 0.0) for m in masks)
-
-    @staticmethod
-    def _rois(boxes: Tensor) -> Tensor:
-        """``[B, K, 4]`` boxes -> ``[B * K, 5]`` rois ``(image index, x1, y1, x2, y2)``."""
-        num_images, slots = boxes.shape[:2]
-        image_index = torch.arange(num_images, dtype=boxes.dtype, device=boxes.device)[:, None, None]
-        return torch.cat([image_index.expand(-1, slots, 1), boxes], dim=2).reshape(-1, 5)
+        (probs,) = mask_padding(num_detections, slots, probs)
+        return probs
