@@ -3,8 +3,8 @@
 Side by side, same weights (random, seed 0: the RPN keeps 1000 proposals and 100 detections get masks):
 eager pydet (``model([image])``), the export module run eagerly, ``torch.compile`` of it (inductor,
 frozen weights), its AOTInductor package and its ONNX file in onnxruntime. Every path is checked to
-give eager's detections before it is timed. Compiling takes minutes on 2 cores: the compiled artefacts
-are built once per session (module-scoped fixtures), outside the timings.
+give eager's detections before it is timed. Compiling takes minutes on 2 cores: each test builds its
+artefact before its timed rounds.
 
     python -m pytest benchmarks/test_bench_deploy_rcnn.py --benchmark-only \
         --benchmark-json=benchmarks/results/cpu-deploy-rcnn.json
@@ -13,8 +13,8 @@ import importlib.util
 
 import pytest
 import torch
-from torch.export import Dim, export
 
+from pydet.deploy import export_onnx, export_program, load_exported, package_aoti
 from pydet.models import mask_rcnn_resnet50_fpn
 
 HEIGHT, WIDTH = 480, 640
@@ -45,37 +45,14 @@ def reference(model, image):
         return model(list(image))[0]
 
 
-@pytest.fixture(scope="module")
-def exported(module, image):
-    return export(module, (image,), dynamic_shapes=({0: Dim("batch")},))
-
-
 def compiled_with_freezing(module, image):
-    with torch._inductor.config.patch(freezing=True), torch.no_grad():
+    with torch._inductor.config.patch(freezing=True), torch.inference_mode():
         compiled = torch.compile(module)
-        compiled(image)  # compiles under the patched config
-    return lambda x: compiled(x)
+        compiled(image)  # compiles under the patched config, in the mode the benchmark calls it
+    return compiled
 
 
-def aoti_package(exported, tmp_path_factory):
-    path = torch._inductor.aoti_compile_and_package(
-        exported, package_path=str(tmp_path_factory.mktemp("aoti") / "mask_rcnn.pt2"))
-    return torch._inductor.aoti_load_package(path)
-
-
-def onnxruntime_session(module, image, tmp_path_factory):
-    import onnxruntime
-
-    path = str(tmp_path_factory.mktemp("onnx") / "mask_rcnn.onnx")
-    torch.onnx.export(module, (image,), path, dynamo=True, dynamic_shapes=({0: Dim("batch")},),
-                      input_names=["images"])
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    return lambda x: [torch.from_numpy(o) for o in session.run(None, {"images": x.numpy()})]
-
-
-def runner(impl, model, module, exported, image, tmp_path_factory):
+def runner(impl, model, module, image, directory):
     if impl == "eager":
         return lambda x: model(list(x))
     if impl == "export-module":
@@ -83,8 +60,8 @@ def runner(impl, model, module, exported, image, tmp_path_factory):
     if impl == "compile-freezing":
         return compiled_with_freezing(module, image)
     if impl == "aoti":
-        return aoti_package(exported, tmp_path_factory)
-    return onnxruntime_session(module, image, tmp_path_factory)
+        return load_exported(package_aoti(export_program(module), directory / "mask_rcnn.pt2"))
+    return load_exported(export_onnx(module, directory / "mask_rcnn.onnx"))
 
 
 def assert_same_detections(outputs, reference):
@@ -100,14 +77,14 @@ def assert_same_detections(outputs, reference):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_mask_rcnn_resnet50_fpn_deploy(benchmark, impl, model, module, exported, image, reference, tmp_path_factory):
+def test_mask_rcnn_resnet50_fpn_deploy(benchmark, impl, model, module, image, reference, tmp_path):
     benchmark.group = f"mask_rcnn_resnet50_fpn-deploy-{HEIGHT}x{WIDTH}"
-    run = runner(impl, model, module, exported, image, tmp_path_factory)
+    run = runner(impl, model, module, image, tmp_path)
 
     def call():
         with torch.inference_mode():
             return run(image)
 
-    assert_same_detections(call(), reference)
-    outputs = benchmark.pedantic(call, rounds=5, iterations=1, warmup_rounds=1)
+    assert_same_detections(call(), reference)  # also the warm-up round
+    outputs = benchmark.pedantic(call, rounds=3, iterations=1)
     assert_same_detections(outputs, reference)
