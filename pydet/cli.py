@@ -1,4 +1,4 @@
-"""``pydet detect | train | eval | bench`` (also ``python -m pydet``).
+"""``pydet detect | train | eval | export | bench`` (also ``python -m pydet``).
 
 User errors (a missing or unreadable file, a malformed annotation file, a bad argument value) are
 one line on stderr naming the culprit and exit status 1; progress and warnings go to stderr too.
@@ -75,9 +75,12 @@ def _detect(args) -> int:
         raise ValueError("give --out-video or --out-dir, not both")
     source = Path(args.input)
     open_source(source)  # an unreadable input fails before the model is built
-    model, label_map, _ = build_model(args.model, args.weights, **_model_args(args.model_arg))
-    if args.weights is None:
-        warnings.warn(f"no --weights: {args.model} is randomly initialised", RuntimeWarning)
+    if args.engine:
+        model, label_map = _exported_detector(args)
+    else:
+        model, label_map, _ = build_model(args.model, args.weights, **_model_args(args.model_arg))
+        if args.weights is None:
+            warnings.warn(f"no --weights: {args.model} is randomly initialised", RuntimeWarning)
     with_masks = model_info(args.model)[0]
     stats = detect(model, source, label_map=label_map, with_masks=with_masks, score_threshold=args.score_threshold,
                    batch_size=args.batch_size, device=_device(args.device), out_json=args.out_json,
@@ -87,6 +90,58 @@ def _detect(args) -> int:
           f"{stats.images_per_s:.1f} {unit}/s end to end, "
           f"{stats.images / max(stats.model_seconds, 1e-9):.1f} {unit}/s in the model", file=sys.stderr)
     return 0
+
+
+def _exported_detector(args):
+    """``--engine FILE``: the exported file as the model; ``--model`` names its label set."""
+    from .deploy import ExportedDetector, load_exported
+    from .engine.model_info import default_label_map, default_num_classes
+
+    if args.weights:
+        raise ValueError("--engine runs an exported file, which holds its weights: drop --weights")
+    label_map = default_label_map(args.model, _model_args(args.model_arg).get("num_classes",
+                                                                             default_num_classes(args.model)))
+    return ExportedDetector(load_exported(args.engine)), label_map
+
+
+def _export(args) -> int:
+    import time
+
+    from .deploy import FORMATS, save_exported
+    from .deploy.verify import largest_differences
+    from .engine import build_model
+
+    suffix = ".onnx" if args.format == "onnx" else ".pt2"
+    if Path(args.out).suffix != suffix:
+        raise ValueError(f"--out {args.out}: a {args.format} file must end in {suffix}")
+    if args.batch_size < 2:
+        raise ValueError(f"--batch-size must be at least 2 (the example batch; the exported batch stays dynamic), "
+                         f"got {args.batch_size}")
+    model, _, _ = build_model(args.model, args.weights, **_model_args(args.model_arg))
+    if not hasattr(model, "export_module"):
+        raise ValueError(f"--model {args.model}: no deployment module for this model family yet")
+    if args.format == "onnx" and _device(args.device).type != "cpu":
+        raise ValueError("--format onnx exports on the CPU (onnxruntime runs it there): use --device cpu")
+    module = model.to(_device(args.device)).export_module(_image_size(args.image_size), args.max_detections)
+    example = module.example_inputs(args.batch_size)
+    start = time.perf_counter()
+    print(f"pydet: exporting {args.model} at {module.image_size[0]}x{module.image_size[1]} as {args.format} "
+          f"(formats: {', '.join(FORMATS)}) ...", file=sys.stderr)
+    save_exported(module, args.format, args.out, example)
+    print(f"pydet: wrote {args.out} ({Path(args.out).stat().st_size / 2**20:.1f} MiB) in "
+          f"{time.perf_counter() - start:.0f} s; verifying ...", file=sys.stderr)
+    report = largest_differences(module, args.out, example)
+    print(f"pydet: {args.out} vs eager on {args.batch_size} images: {report}", file=sys.stderr)
+    return 0
+
+
+def _image_size(text: str | None):
+    if text is None:
+        return None
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"--image-size {text!r}: expected S or HxW with positive integers")
+    return tuple(int(p) for p in parts) if len(parts) == 2 else int(parts[0])
 
 
 def _device(name: str | None):
@@ -203,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", help="folder for annotated images (PNG)")
     p.add_argument("--batch-size", type=int, default=4, help="images or frames per model call")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--engine", metavar="FILE", help="run this exported file (pydet export: .onnx, .pt2 program or "
+                   "AOTInductor package) instead of the eager model; --model names its label set")
     p.set_defaults(func=_detect)
 
     p = sub.add_parser("train", help="train a model (torchrun for several GPUs or machines)")
@@ -236,6 +293,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-json", help="also write the metrics as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("export", help="export a model for deployment (torch.export, ONNX, AOTInductor)")
+    _add_model_options(p)
+    p.add_argument("--format", choices=("pt2", "onnx", "aoti"), required=True,
+                   help="pt2: torch.export program; onnx: standard ONNX (opset 18); aoti: AOTInductor package")
+    p.add_argument("--image-size", default=None, metavar="S or HxW",
+                   help="fixed input size of the exported model (default: the model's own)")
+    p.add_argument("--max-detections", type=int, default=100, help="detection rows per image")
+    p.add_argument("--batch-size", type=int, default=2, help="example batch (the batch dimension stays dynamic)")
+    p.add_argument("--out", required=True, help="output file (.onnx, or .pt2 for pt2 and aoti)")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("bench", help="kernel and model timings against the reference implementations")
     p.add_argument("--models", choices=("none", "small", "all"), default="small",

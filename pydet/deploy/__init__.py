@@ -24,21 +24,25 @@ Interface for a model family (``pydet/deploy/<family>.py``; kept stable):
 * shared steps in ``pydet.deploy.common``: :class:`ResizeNormalize` (``GeneralizedRCNNTransform``'s resize,
   normalise and pad for a fixed input size, with ``restore_boxes`` back to input pixels),
   :func:`padded_rois` (``[B, D, 4]`` boxes to ``[B * D, 5]`` RoIAlign rows), :func:`mask_padding`
-  (zero the rows past ``num_detections``) and :func:`sort_detections` (re-sort rows by a new score);
+  (zero the rows past ``num_detections``), :func:`sort_detections` (re-sort rows by a new score) and
+  :func:`pad_rows` (pad the output tuple to ``max_detections`` rows when the model keeps fewer);
 * the model class gets a thin ``export_module(self, image_size=None, max_detections=100)`` that imports the
   family's module and returns it.
 
 Tools (``pydet.deploy.export``): :func:`export_program` (``torch.export`` with a dynamic batch),
 :func:`export_onnx`, :func:`package_aoti`, :func:`save_exported` (by format: ``pt2``, ``onnx``, ``aoti``) and
 :func:`load_exported` (any of the three files -> a callable ``images [B, 3, H, W] -> output tuple``), and
-:func:`detections_from_outputs` (the output tuple -> the eager per-image list of dicts).
+:func:`detections_from_outputs` (the output tuple -> the eager per-image list of dicts), and
+:class:`ExportedDetector` (an exported file behind the eager ``model(list_of_images)`` convention, which
+``pydet detect --engine FILE`` runs).
 """
-from .common import OUTPUT_NAMES, DetectionExport, ResizeNormalize, mask_padding, padded_rois, sort_detections
-from .export import (FORMATS, ExportedModel, detections_from_outputs, export_onnx, export_program, load_exported,
+from .common import (OUTPUT_NAMES, DetectionExport, ResizeNormalize, mask_padding, pad_rows, padded_rois,
+                     sort_detections)
+from .export import (FORMATS, ExportedDetector, ExportedModel, detections_from_outputs, export_onnx, export_program, load_exported,
                      package_aoti, save_exported)
 
 __all__ = [
-    "OUTPUT_NAMES", "DetectionExport", "ResizeNormalize", "mask_padding", "padded_rois", "sort_detections",
-    "FORMATS", "ExportedModel", "detections_from_outputs", "export_onnx", "export_program", "load_exported",
+    "OUTPUT_NAMES", "DetectionExport", "ResizeNormalize", "mask_padding", "pad_rows", "padded_rois", "sort_detections",
+    "FORMATS", "ExportedDetector", "ExportedModel", "detections_from_outputs", "export_onnx", "export_program", "load_exported",
     "package_aoti", "save_exported",
 ]

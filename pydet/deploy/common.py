@@ -116,12 +116,28 @@ def mask_padding(num_detections: Tensor, rows: int, *fields: Tensor, fill=0) -> 
 
 
 def sort_detections(scores: Tensor, num_detections: Tensor, *fields: Tensor) -> list[Tensor]:
-    """Rows re-sorted by decreasing ``scores [B, D]`` (stable; padded rows stay last): scores, then ``fields``."""
+    """Rows re-sorted by decreasing ``scores [B, D]`` (padded rows stay last): scores, then ``fields``.
+
+    A TopK over all rows (ONNX has no sort); rows of equal score may come in either order.
+    """
     rows = scores.shape[1]
     valid = torch.arange(rows, device=scores.device) < num_detections[:, None]
-    order = torch.where(valid, scores, float("-inf")).sort(dim=1, descending=True, stable=True).indices
+    order = torch.where(valid, scores, float("-inf")).topk(rows, dim=1).indices
     out = [scores.gather(1, order)]
     for f in fields:
         index = order.view(order.shape + (1,) * (f.dim() - 2)).expand(f.shape)
         out.append(f.gather(1, index))
     return out
+
+
+def pad_rows(rows: int, boxes: Tensor, scores: Tensor, labels: Tensor, num_detections: Tensor,
+             *fields: Tensor) -> tuple[Tensor, ...]:
+    """The output tuple with its ``[B, D', ...]`` fields padded to ``rows`` (zeros; labels -1)."""
+    extra = rows - boxes.shape[1]
+    if extra <= 0:
+        return (boxes, scores, labels, num_detections) + fields
+
+    def pad(t: Tensor, value=0) -> Tensor:
+        return torch.cat((t, t.new_full((t.shape[0], extra) + t.shape[2:], value)), dim=1)
+
+    return (pad(boxes), pad(scores), pad(labels, -1), num_detections) + tuple(pad(f) for f in fields)

@@ -42,8 +42,17 @@ def export_onnx(module: nn.Module, path: str | os.PathLike, example: Tensor | No
 
 def package_aoti(program: torch.export.ExportedProgram, path: str | os.PathLike) -> Path:
     """AOTInductor: compile an exported program into a ``.pt2`` package (minutes for the larger models)."""
-    import torch._inductor
-    return Path(torch._inductor.aoti_compile_and_package(program, package_path=str(path)))
+    from torch._inductor import aoti_compile_and_package
+    height, width = program_image_size(program)
+    configs = {"aot_inductor.metadata": {"pydet_image_size": f"{height}x{width}"}}
+    return Path(aoti_compile_and_package(program, package_path=str(path), inductor_configs=configs))
+
+
+def program_image_size(program: torch.export.ExportedProgram) -> tuple[int, int]:
+    """The fixed ``(H, W)`` of an exported deployment program's ``images`` input."""
+    inputs = set(program.graph_signature.user_inputs)
+    (images,) = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in inputs]
+    return tuple(int(s) for s in images.meta["val"].shape[-2:])
 
 
 def save_exported(module: nn.Module, format: str, path: str | os.PathLike, example: Tensor | None = None) -> Path:
@@ -88,12 +97,14 @@ class ExportedModel:
             self.output_names = tuple(o.name for o in self._session.get_outputs())
             self.image_size = tuple(self._session.get_inputs()[0].shape[-2:])
         elif self.format == "aoti":
-            import torch._inductor
-            self._runner = torch._inductor.aoti_load_package(str(self.path))
-            self.output_names, self.image_size = None, None
+            from torch._inductor import aoti_load_package
+            self._runner = aoti_load_package(str(self.path))
+            size = self._runner.get_metadata().get("pydet_image_size")
+            self.output_names, self.image_size = None, tuple(int(s) for s in size.split("x")) if size else None
         else:
-            self._runner = torch.export.load(str(self.path)).module()
-            self.output_names, self.image_size = None, None
+            program = torch.export.load(str(self.path))
+            self._runner = program.module()
+            self.output_names, self.image_size = None, program_image_size(program)
 
     def __call__(self, images: Tensor) -> tuple[Tensor, ...]:
         if self.format == "onnx":
@@ -112,14 +123,47 @@ def load_exported(path: str | os.PathLike) -> ExportedModel:
     return ExportedModel(path)
 
 
-def detections_from_outputs(outputs: tuple[Tensor, ...], image_size: tuple[int, int]) -> list[dict[str, Tensor]]:
+def detections_from_outputs(outputs: tuple[Tensor, ...], input_size: tuple[int, int],
+                            image_sizes: list[tuple[int, int]] | None = None) -> list[dict[str, Tensor]]:
     """The output tuple as the eager models return detections: per image ``boxes``, ``scores``, ``labels``
-    and, for mask models, ``masks [n, 1, H, W]`` pasted into the ``image_size (H, W)`` input (probabilities)."""
+    and, for mask models, ``masks [n, 1, h, w]`` (probabilities pasted into the image).
+
+    ``input_size`` is the exported module's ``(H, W)``; with ``image_sizes`` (one ``(h, w)`` per image, the
+    images having been resized to ``H x W``) boxes and masks are scaled back to each image.
+    """
     boxes, scores, labels, counts = outputs[:4]
+    height, width = input_size
     detections = []
     for i, n in enumerate(counts.tolist()):
+        h, w = image_sizes[i] if image_sizes is not None else input_size
         det = {"boxes": boxes[i, :n], "scores": scores[i, :n], "labels": labels[i, :n]}
+        if (h, w) != (height, width):
+            det["boxes"] = det["boxes"] * det["boxes"].new_tensor([w / width, h / height, w / width, h / height])
         if len(outputs) == 5:
-            det["masks"] = paste_masks(outputs[4][i, :n], det["boxes"], tuple(image_size), threshold=None)[:, None]
+            det["masks"] = paste_masks(outputs[4][i, :n], det["boxes"], (h, w), threshold=None)[:, None]
         detections.append(det)
     return detections
+
+
+class ExportedDetector(nn.Module):
+    """An exported file behind the eager calling convention, for ``pydet detect --engine``: ``model(images)``
+    with a list of ``[3, h, w]`` images returns one detections dict per image.
+
+    Each image is resized (bilinear) to the file's input size; boxes and masks are mapped back to the image.
+    """
+
+    def __init__(self, exported: ExportedModel, image_size: tuple[int, int] | None = None):
+        super().__init__()
+        self.exported = exported
+        self.image_size = tuple(image_size or exported.image_size or ())
+        if len(self.image_size) != 2 or not all(isinstance(s, int) for s in self.image_size):
+            raise ValueError(f"{exported.path}: cannot tell the input size; give image_size")
+
+    def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        import torch.nn.functional as F
+
+        height, width = self.image_size
+        batch = torch.stack([F.interpolate(img[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+                             if tuple(img.shape[-2:]) != (height, width) else img for img in images])
+        outputs = tuple(o.to(images[0].device) for o in self.exported(batch))
+        return detections_from_outputs(outputs, (height, width), [tuple(img.shape[-2:]) for img in images])

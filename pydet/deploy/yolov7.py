@@ -7,12 +7,13 @@ from torch import Tensor
 
 from .. import ops
 from ..models.yolov7 import PAD_VALUE, STRIDES, YOLOv7, letterbox_layout, unletterbox
-from .common import DetectionExport, mask_padding
+from .common import DetectionExport, mask_padding, pad_rows
 
 
 class YOLOv7Export(DetectionExport):
     """``YOLOv7.export_module``: the eager model for ``image_size`` inputs without the eager CPU path's
-    objectness pre-filter (which only skips work: the detections are the same)."""
+    objectness pre-filter (which only skips work: the detections are the same). At most the model's
+    ``box_detections_per_img`` rows are filled."""
 
     def __init__(self, model: YOLOv7, image_size, max_detections: int = 100):
         super().__init__(model, image_size, max_detections)
@@ -44,7 +45,8 @@ class YOLOv7Export(DetectionExport):
         model = self.model
         grids = [getattr(self, f"grid{level}").to(images.dtype) for level in range(len(STRIDES))]
         boxes, objectness, class_probs = model.decode(model.model(self.letterbox(images)), grids)
-        boxes, scores, labels, counts = model.nms(boxes, objectness, class_probs, self.max_detections)
+        rows = min(self.max_detections, model.box_detections_per_img)
+        boxes, scores, labels, counts = model.nms(boxes, objectness, class_probs, rows)
         boxes = unletterbox(boxes, self.scale, self.offset, self.limits.to(boxes.dtype))
-        (boxes,) = mask_padding(counts, self.max_detections, boxes)
-        return boxes, scores, labels, counts
+        (boxes,) = mask_padding(counts, rows, boxes)
+        return pad_rows(self.max_detections, boxes, scores, labels, counts)

@@ -83,6 +83,15 @@ def _flatten_points(x: Tensor) -> Tensor:
     return x.flatten(2).transpose(1, 2)
 
 
+def decode_points(box_regression: Tensor, points: Tensor, point_strides: Tensor, image_index: Tensor,
+                  point_index: Tensor) -> Tensor:
+    """xyxy boxes of the (image, point) pairs indexed by ``image_index`` and ``point_index`` (any shape ``S``):
+    the point minus / plus its (l, t, r, b) distances in stride units; ``[*S, 4]``."""
+    distances = box_regression[image_index, point_index] * point_strides[point_index][..., None]
+    xy = points[point_index]
+    return torch.cat([xy - distances[..., :2], xy + distances[..., 2:]], dim=-1)
+
+
 def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
     """Element-wise focal loss on sigmoid probabilities (torchvision's ``sigmoid_focal_loss``, no reduction)."""
     p = logits.sigmoid()
@@ -187,16 +196,14 @@ class FCOS(nn.Module):
                                                       reduction="sum") / num_positive
         return {"loss_fcos_cls": loss_cls, "loss_fcos_loc": loss_loc, "loss_fcos_ctr": loss_ctr}
 
-    def postprocess(self, cls_logits: Tensor, box_regression: Tensor, centerness: Tensor, points: Tensor,
-                    point_strides: Tensor, level_sizes: list[int], image_sizes: Sequence[tuple[int, int]],
-                    pre_nms_top_n: int, post_nms_top_n: int) -> list[dict]:
-        """Threshold the class probability, keep each level's ``pre_nms_top_n`` best (point, class) pairs by
-        class x centerness, decode, clip, then one class-aware NMS over all images and classes."""
-        num_images, num_classes = cls_logits.shape[0], self.num_classes
+    def top_candidates(self, cls_logits: Tensor, centerness: Tensor, level_sizes: list[int],
+                       pre_nms_top_n: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Each level's ``pre_nms_top_n`` best (point, class) pairs by class x centerness probability, as
+        fixed-size ``[B, K]`` ranking scores (-1 for pairs below ``score_thresh``), point and class indices."""
+        num_classes = self.num_classes
         probs = cls_logits.sigmoid()
         candidates = probs > self.score_thresh
         ranking = torch.where(candidates, probs * centerness.sigmoid()[..., None], -1.0)
-
         kept_scores, kept_points, kept_classes = [], [], []
         start = 0
         for size in level_sizes:
@@ -206,15 +213,21 @@ class FCOS(nn.Module):
             kept_points.append(torch.div(index, num_classes, rounding_mode="floor") + start)
             kept_classes.append(index % num_classes)
             start += size
-        scores, point_index, classes = (torch.cat(t, dim=1) for t in (kept_scores, kept_points, kept_classes))
+        return tuple(torch.cat(t, dim=1) for t in (kept_scores, kept_points, kept_classes))
+
+    def postprocess(self, cls_logits: Tensor, box_regression: Tensor, centerness: Tensor, points: Tensor,
+                    point_strides: Tensor, level_sizes: list[int], image_sizes: Sequence[tuple[int, int]],
+                    pre_nms_top_n: int, post_nms_top_n: int) -> list[dict]:
+        """Threshold the class probability, keep each level's ``pre_nms_top_n`` best (point, class) pairs by
+        class x centerness, decode, clip, then one class-aware NMS over all images and classes."""
+        num_images, num_classes = cls_logits.shape[0], self.num_classes
+        scores, point_index, classes = self.top_candidates(cls_logits, centerness, level_sizes, pre_nms_top_n)
         image_index = torch.arange(num_images, device=scores.device)[:, None].expand_as(scores)
         valid = scores >= 0  # non-candidates ranked -1
         scores, point_index = scores[valid], point_index[valid]
         classes, image_index = classes[valid], image_index[valid]
 
-        distances = box_regression[image_index, point_index] * point_strides[point_index, None]
-        xy = points[point_index]
-        boxes = torch.cat([xy - distances[:, :2], xy + distances[:, 2:]], dim=1)
+        boxes = decode_points(box_regression, points, point_strides, image_index, point_index)
         sizes = torch.tensor(image_sizes, dtype=boxes.dtype, device=boxes.device)  # (h, w) per image
         boxes = clip_boxes_per_image(boxes, sizes[image_index])
         non_empty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])

@@ -89,6 +89,12 @@ class CenterMask2(nn.Module):
         detections = self._predict_masks(features, detections, image_list.image_sizes)
         return self._postprocess(detections, image_list.image_sizes, original_sizes)
 
+    def export_module(self, image_size=None, max_detections: int = 100) -> nn.Module:
+        """The deployment module of fixed-size ``image_size`` inputs (default: a square of the test size);
+        see :mod:`pydet.deploy`. Shares this model's weights and puts it in eval mode."""
+        from ..deploy.centermask2 import CenterMask2Export
+        return CenterMask2Export(self, image_size or self.transform.min_size[-1], max_detections)
+
     def _check_target_values(self, images: list[Tensor], targets: list[dict]) -> None:
         for i, (image, target) in enumerate(zip(images, targets)):
             boxes, labels, masks = target["boxes"], target["labels"], target["masks"]

@@ -1,0 +1,76 @@
+"""Models with informative random weights for the deployment tests, and output comparisons."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pydet import models
+
+
+def spread_weights(model: nn.Module, seed: int = 0, gain: float = 0.5) -> nn.Module:
+    """BatchNorm statistics calibrated on :func:`scenes` and wider-spread output layers, so that random
+    weights give well separated scores (freshly initialised heads score nearly every box alike, and
+    near-ties would make any two runtimes order the detections differently)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for conv, bias in _output_convs(model):
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * gain / conv.weight[0].numel() ** 0.5)
+            conv.bias.copy_(torch.randn(conv.bias.shape, generator=g) * 0.5 + bias)
+        norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the calibration batch
+        if norms:
+            network = model.model if hasattr(model, "detect") else model.backbone
+            network.train()
+            network(scenes(4, 128, 128, seed=seed + 1))
+    return model.eval()
+
+
+def _output_convs(model: nn.Module) -> list[tuple[nn.Conv2d, float]]:
+    """The prediction layers and the mean of their random bias (rare objects, boxes a few strides wide)."""
+    if hasattr(model, "detect"):
+        return [(conv, -3.0) for conv in model.detect.m]
+    head = model.fcos.head
+    return [(head.cls_logits, -3.0), (head.bbox_pred, 1.0), (head.centerness, 0.0)]
+
+
+def build(name: str, seed: int = 0, **kwargs) -> nn.Module:
+    torch.manual_seed(seed)
+    return spread_weights(models.build(name, **kwargs), seed)
+
+
+def scenes(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """``[batch, 3, height, width]`` images in [0, 1]: smooth noise with a few bright rectangles."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(batch, 3, height // 8 + 1, width // 8 + 1, generator=g)
+    images = torch.nn.functional.interpolate(images, size=(height, width), mode="bilinear", align_corners=False) * 0.4
+    for image in images:
+        for _ in range(4):
+            y, x = int(torch.randint(0, height - 8, (1,), generator=g)), int(torch.randint(0, width - 8, (1,), generator=g))
+            h, w = int(torch.randint(8, height // 2, (1,), generator=g)), int(torch.randint(8, width // 2, (1,), generator=g))
+            image[:, y:y + h, x:x + w] = torch.rand(3, 1, 1, generator=g) * 0.6 + 0.4
+    return images
+
+
+def assert_same_detections(expected, actual, *, box_tol: float = 1e-2, score_tol: float = 1e-4,
+                           mask_tol: float | None = None) -> None:
+    """Two output tuples hold the same detections: equal counts, and per image the rows pair up one to one
+    with equal labels, scores within ``score_tol`` and boxes within ``box_tol`` px (rows whose scores differ
+    by less than the tolerance may come in either order)."""
+    expected = [t.detach().cpu() for t in expected]
+    actual = [t.detach().cpu() for t in actual]
+    assert len(expected) == len(actual)
+    assert torch.equal(expected[3], actual[3]), (expected[3], actual[3])
+    for i, n in enumerate(expected[3].tolist()):
+        torch.testing.assert_close(actual[1][i], expected[1][i], rtol=0, atol=score_tol)
+        unmatched = list(range(n))
+        for row in range(n):
+            close = [j for j in unmatched if expected[2][i, j] == actual[2][i, row]
+                     and abs(float(expected[1][i, j] - actual[1][i, row])) <= score_tol
+                     and float((expected[0][i, j] - actual[0][i, row]).abs().max()) <= box_tol]
+            assert close, f"image {i}: row {row} of {n} has no counterpart"
+            if mask_tol is not None:
+                assert float((expected[4][i, close[0]] - actual[4][i, row]).abs().max()) <= mask_tol
+            unmatched.remove(close[0])
+        assert (actual[2][i, n:] == -1).all() and (actual[1][i, n:] == 0).all()
