@@ -83,6 +83,12 @@ class GeneralizedRCNN(nn.Module):
                 det["masks"] = ops.paste_masks(det["masks"][:, 0], det["boxes"], size, threshold=None)[:, None]
         return detections
 
+    def export_module(self, image_size=None, max_detections: int = 100) -> nn.Module:
+        """The deployment module of fixed-size ``image_size`` inputs (default: a square of the short side the
+        transform resizes to); see :mod:`pydet.deploy`. Shares this model's weights and puts it in eval mode."""
+        from ..deploy.rcnn import RCNNExport
+        return RCNNExport(self, image_size or self.transform.min_size[-1], max_detections)
+
     @torch.no_grad()
     def fuse(self) -> "GeneralizedRCNN":
         """Fold every BatchNorm of the backbone (frozen, or the running statistics of a trainable one)
