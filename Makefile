@@ -12,7 +12,7 @@ EXTRAS ?= test,video,coco,export
 STAGE_TIMES := .make-test-times
 timed = @start=$$(date +%s); $(MAKE) --no-print-directory $(1) && echo "$(1) $$(( $$(date +%s) - start ))" >> $(STAGE_TIMES)
 
-.PHONY: deps build test pytest cuda-check cuda-check-if-nvcc cpp-test cmake-build demo bench clean
+.PHONY: deps build test test-export pytest cuda-check cuda-check-if-nvcc cpp-test cmake-build demo bench clean
 
 deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install $(TORCH_SPEC)
@@ -47,7 +47,11 @@ cpp-test: deps
 	cd cmake-test && ctest --output-on-failure
 
 pytest:
-	$(PYTHON) -m pytest tests benchmarks -q --benchmark-disable
+	$(PYTHON) -m pytest tests benchmarks -q --benchmark-disable -m "not full_export"
+
+# The full-size deployment checks (R50, V-39, YOLOv7 exports; AOTInductor packages in a fresh process).
+test-export: build
+	$(PYTHON) -m pytest tests/deploy -q -m full_export
 
 # Every source is compiled once: the extension by pip, the .cu files by the CUDA check.
 test:

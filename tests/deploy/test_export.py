@@ -121,7 +121,7 @@ def test_bad_inputs_and_arguments(small):
         load_exported("/nonexistent/model.onnx")
 
 
-@pytest.mark.slow
+@pytest.mark.full_export
 @pytest.mark.parametrize("name", LARGE)
 def test_every_registered_model_exports(name, tmp_path):
     """Every other YOLOv7 / CenterMask2 preset: eager-identical, torch.export at batch 1 and 3, onnxruntime."""
@@ -141,7 +141,7 @@ def test_every_registered_model_exports(name, tmp_path):
                                mask_tol=1e-3 if module.has_masks else None)
 
 
-@pytest.mark.slow
+@pytest.mark.full_export
 def test_aot_inductor_package_loads_in_a_fresh_process(tmp_path):
     """AOTInductor compile of YOLOv7-tiny (minutes on 2 cores), loaded and run by another process."""
     model = build("yolov7_tiny_320")

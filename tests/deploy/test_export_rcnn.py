@@ -199,7 +199,7 @@ torch.save([list(module(x)) for x in torch.load(inputs)], outputs)
 """
 
 
-@pytest.mark.slow
+@pytest.mark.full_export
 def test_aoti_package_in_fresh_process(tmp_path):
     """AOTInductor package of the small Mask R-CNN, loaded and run in another process (a few minutes)."""
     model = small_model("mask_rcnn_resnet18_fpn")
@@ -214,7 +214,7 @@ def test_aoti_package_in_fresh_process(tmp_path):
         assert_matches_eager(outputs, eager_detections(model, images), box_tol=1e-2, score_tol=1e-4, mask_tol=1e-4)
 
 
-@pytest.mark.slow
+@pytest.mark.full_export
 @pytest.mark.parametrize("name", ["faster_rcnn_resnet50_fpn", "mask_rcnn_resnet50_fpn"])
 def test_resnet50_export_dynamic_batch(name):
     """The torchvision-sized presets at their default settings (800x1066 after resizing, 1000 proposals,
