@@ -30,7 +30,8 @@ class CenterMask2Export(DetectionExport):
         strides = model.fcos.strides[:len(MASK_LEVELS)]
         self.mask_scales = [infer_scale(torch.empty(0, 0, padded_h // s, padded_w // s, device="meta"),
                                         self.preprocess.resized_size) for s in strides]
-        self.rows = min(max_detections, model.fcos.post_nms_top_n["testing"])
+        # All the eager model's rows: it drops boxes left empty by the final clip before any limit applies.
+        self.rows = model.fcos.post_nms_top_n["testing"]
 
     def candidates(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """FCOS's per-level best pairs as ``boxes [B, K, 4]`` (unclipped, in the resized image) and one-hot
@@ -71,7 +72,9 @@ class CenterMask2Export(DetectionExport):
                                                            self.rows)
         masks = self.masks([features[name] for name in MASK_LEVELS], boxes, labels)
         boxes, scores, labels, counts, masks = self.clip_to_input(boxes, scores, labels, counts, masks)
-        return pad_rows(self.max_detections, boxes, scores, labels, counts, masks)
+        rows = self.max_detections
+        boxes, scores, labels, masks = (t[:, :rows] for t in (boxes, scores, labels, masks))
+        return pad_rows(rows, boxes, scores, labels, counts.clamp(max=rows), masks)
 
     def clip_to_input(self, boxes: Tensor, scores: Tensor, labels: Tensor, counts: Tensor, masks: Tensor):
         """Boxes back to the input image and clipped to it; rows left empty dropped, the rest kept in order."""

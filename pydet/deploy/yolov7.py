@@ -20,7 +20,7 @@ class YOLOv7Export(DetectionExport):
         (scale,), (resized,), batch_size, (padding,) = letterbox_layout(
             [self.image_size], model.img_size, auto=model.letterbox_auto, stride=max(STRIDES))
         self.resized_size, self.batch_size, self.padding = resized, batch_size, padding
-        device = model.detect.anchor_grid.device
+        device = model.head.anchor_grid.device
         # The eager model's scale and padding tensors (float32) for a batch of one, broadcast over the batch.
         self.register_buffer("scale", torch.tensor([scale], dtype=torch.float32, device=device), persistent=False)
         self.register_buffer("offset", torch.tensor([padding], dtype=torch.float32, device=device), persistent=False)

@@ -52,16 +52,16 @@ class ComputeLoss:
     the box centre's cell and its two nearest neighbours; 1 - CIoU box loss, BCE objectness against the
     detached IoU, BCE classes.
 
-    ``detect`` is the model's :class:`~pydet.modeling.yolo.IDetect` (its ``anchors`` buffer is read at every
+    ``head`` is the model's :class:`~pydet.modeling.yolo.IDetect` (its ``anchors`` buffer is read at every
     call, so loaded or moved weights are used). ``box_gain``, ``obj_gain``, ``cls_gain`` are the
     hyper-parameter file's values; they are scaled here as the official train.py does.
     """
 
-    def __init__(self, detect: IDetect, *, img_size: int, box_gain: float, obj_gain: float, cls_gain: float,
+    def __init__(self, head: IDetect, *, img_size: int, box_gain: float, obj_gain: float, cls_gain: float,
                  anchor_t: float = 4.0):
-        self.detect = detect
-        self.num_classes = detect.nc
-        levels = detect.nl
+        self.head = head
+        self.num_classes = head.nc
+        levels = head.nl
         if levels != len(LEVEL_BALANCE):
             raise ValueError(f"the YOLOv7 losses are defined for 3 levels, got {levels}")
         self.box_gain = box_gain * 3 / levels
@@ -93,7 +93,7 @@ class ComputeLoss:
         out = []
         for level, p in enumerate(predictions):
             h, w = p.shape[2:4]
-            anchors = self.detect.anchors[level].to(targets.dtype)
+            anchors = self.head.anchors[level].to(targets.dtype)
             xywh = self._grid_boxes(targets, p)
             ratio = xywh[None, :, 2:4] / anchors[:, None]
             fits = torch.max(ratio, 1 / ratio).amax(2) < self.anchor_t  # [anchors, targets]
@@ -120,7 +120,7 @@ class ComputeLoss:
             if n:
                 ps = p[b, a, gj, gi]
                 pxy = ps[:, :2].sigmoid() * 2 - 0.5
-                pwh = (ps[:, 2:4].sigmoid() * 2) ** 2 * self.detect.anchors[level][a]
+                pwh = (ps[:, 2:4].sigmoid() * 2) ** 2 * self.head.anchors[level][a]
                 iou = bbox_ciou(torch.cat((pxy, pwh), 1), tbox.to(ps.dtype))
                 loss_box = loss_box + (1.0 - iou).mean()
                 # The official iou ratio gr = 1.0: the objectness target is the (detached) IoU itself.
@@ -160,10 +160,10 @@ class ComputeLossOTA(ComputeLoss):
         """
         boxes, log_scores, images, levels, positions = [], [], [], [], []
         for level, (p, (b, a, gj, gi, _)) in enumerate(zip(predictions, candidates)):
-            stride = self.detect.strides[level]
+            stride = self.head.strides[level]
             pred = p[b, a, gj, gi].float()
             xy = (pred[:, :2].sigmoid() * 2 - 0.5 + torch.stack((gi, gj), 1)) * stride
-            wh = (pred[:, 2:4].sigmoid() * 2) ** 2 * self.detect.anchors[level][a].float() * stride
+            wh = (pred[:, 2:4].sigmoid() * 2) ** 2 * self.head.anchors[level][a].float() * stride
             boxes.append(torch.cat((xy - wh / 2, xy + wh / 2), 1))
             # log of sqrt(sigmoid(class) * sigmoid(objectness)), the score the class cost is computed on
             log_scores.append(0.5 * (F.logsigmoid(pred[:, 5:]) + F.logsigmoid(pred[:, 4:5])))
@@ -173,8 +173,8 @@ class ComputeLossOTA(ComputeLoss):
         boxes, log_scores = torch.cat(boxes), torch.cat(log_scores)
         images, levels, positions = torch.cat(images), torch.cat(levels), torch.cat(positions)
 
-        height = predictions[0].shape[2] * self.detect.strides[0]
-        width = predictions[0].shape[3] * self.detect.strides[0]
+        height = predictions[0].shape[2] * self.head.strides[0]
+        width = predictions[0].shape[3] * self.head.strides[0]
         xywh = targets[:, 2:6].float() * targets.new_tensor([width, height, width, height], dtype=torch.float32)
         gt_boxes = torch.cat((xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2), 1)
         gt_classes = targets[:, 1].long()

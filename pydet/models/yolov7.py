@@ -197,11 +197,12 @@ class YOLOv7(nn.Module):
         self.pre_nms_topk = pre_nms_topk
         self.model = build_layer_graph(table, num_classes=num_classes, anchors=anchors, strides=STRIDES, act=act)
         loss_class = ComputeLossOTA if loss == "ota" else ComputeLoss
-        self.compute_loss = loss_class(self.detect, img_size=img_size, **gains)
+        self.compute_loss = loss_class(self.head, img_size=img_size, **gains)
         self._grids: dict[tuple, list[Tensor]] = {}
 
     @property
-    def detect(self) -> IDetect:
+    def head(self) -> IDetect:
+        """The detection head (IDetect), the network's last layer."""
         return self.model[-1]
 
     def fuse(self) -> "YOLOv7":
@@ -247,7 +248,7 @@ class YOLOv7(nn.Module):
             sizes = [tuple(p.shape[2:4]) for p in predictions]
             grids = self._grid(sizes, predictions[0].device, predictions[0].dtype)
         boxes, confidences = [], []
-        for p, grid, stride, anchors in zip(predictions, grids, STRIDES, self.detect.anchor_grid):
+        for p, grid, stride, anchors in zip(predictions, grids, STRIDES, self.head.anchor_grid):
             b, a, h, w, o = p.shape
             y = p.sigmoid().view(b, a, h * w, o)
             xy = (y[..., :2] * 2 - 0.5 + grid) * stride

@@ -21,12 +21,12 @@ def spread_weights(model: nn.Module, seed: int = 0, gain: float = 0.5) -> nn.Mod
             m.reset_running_stats()
             m.momentum = None  # a cumulative average over the calibration batch
         if norms:
-            network = model.model if hasattr(model, "detect") else model.backbone
+            network = model.backbone if hasattr(model, "fcos") else model.model
             network.train()
             network(scenes(4, 128, 128, seed=seed + 1))
-        if hasattr(model, "detect"):  # deep YOLOs: bring each level's logits to about `gain` standard deviation
+        if not hasattr(model, "fcos"):  # deep YOLOs: bring each level's logits to about `gain` standard deviation
             model.eval()
-            for conv, level in zip(model.detect.m, model.model(scenes(2, 128, 128, seed=seed + 2))):
+            for conv, level in zip(model.head.m, model.model(scenes(2, 128, 128, seed=seed + 2))):
                 conv.weight.div_(level.std() / gain)
                 conv.bias.copy_(torch.randn(conv.bias.shape, generator=g) * 0.5 - 1.5)
     return model.eval()
@@ -34,8 +34,8 @@ def spread_weights(model: nn.Module, seed: int = 0, gain: float = 0.5) -> nn.Mod
 
 def _output_convs(model: nn.Module) -> list[tuple[nn.Conv2d, float]]:
     """The prediction layers and the mean of their random bias (rare objects, boxes a few strides wide)."""
-    if hasattr(model, "detect"):
-        return [(conv, -3.0) for conv in model.detect.m]
+    if not hasattr(model, "fcos"):  # YOLOv7
+        return [(conv, -3.0) for conv in model.head.m]
     head = model.fcos.head
     return [(head.cls_logits, -3.0), (head.bbox_pred, 1.0), (head.centerness, 0.0)]
 

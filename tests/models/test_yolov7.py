@@ -120,7 +120,7 @@ def test_architecture_details():
     bns = [m for m in models.yolov7().modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and all(m.eps == 1e-3 and m.momentum == 0.03 for m in bns)
     # official bias prior: objectness log(8 / (640 / s)^2), classes log(0.6 / (nc - 0.99))
-    for conv, stride in zip(model.detect.m, (8, 16, 32)):
+    for conv, stride in zip(model.head.m, (8, 16, 32)):
         bias = conv.bias.detach().view(3, 8)
         init_bound = 1 / math.sqrt(conv.in_channels)
         assert (bias[:, 4] - math.log(8 / (640 / stride) ** 2)).abs().max() <= init_bound
@@ -231,7 +231,7 @@ def test_decode_matches_official_formula():
     boxes, objectness, class_probs = model.decode(preds)
     scores = class_probs * objectness[..., None]
     expected_boxes, expected_scores = [], []
-    for p, stride, anchors in zip(preds, (8, 16, 32), model.detect.anchor_grid):
+    for p, stride, anchors in zip(preds, (8, 16, 32), model.head.anchor_grid):
         y = p.double().sigmoid()
         ys, xs = torch.meshgrid(torch.arange(p.shape[2]), torch.arange(p.shape[3]), indexing="ij")
         grid = torch.stack((xs, ys), -1).view(1, 1, p.shape[2], p.shape[3], 2).double()
@@ -357,7 +357,7 @@ def test_candidates_match_per_target_reference():
     got = sorted((level, *row) for level, cands in enumerate(loss.candidates(preds, targets))
                  for row in zip(*[c.tolist() for c in cands]))
     sizes = [(32, 34), (16, 18), (8, 10)]
-    assert got == _reference_candidates(targets, sizes, model.detect.anchors)
+    assert got == _reference_candidates(targets, sizes, model.head.anchors)
     assert len(got) > 3 * len(targets)
 
 
@@ -374,7 +374,7 @@ def test_ota_assignment_matches_official_loop():
     for level, ((b, a, gj, gi, _), (keep, t)) in enumerate(zip(candidates, assignment)):
         got += [(level, *row) for row in zip(b[keep].tolist(), a[keep].tolist(), gj[keep].tolist(),
                                              gi[keep].tolist(), t.tolist())]
-    expected = _reference_ota(preds, targets, candidates, (8, 16, 32), model.detect.anchors, (256, 256))
+    expected = _reference_ota(preds, targets, candidates, (8, 16, 32), model.head.anchors, (256, 256))
     assert sorted(got) == expected and len(expected) >= len(targets)
 
 
@@ -420,7 +420,7 @@ def test_plain_loss_value_by_hand():
     assert isinstance(loss, ComputeLoss) and not isinstance(loss, ComputeLossOTA)
     # centre at (3.75, 3.75) of the 8x8 P3 grid with the size of P3's first anchor: every P3 anchor is within
     # the ratio 4 (no P4/P5 anchor is), each in the own cell and the right and lower neighbours.
-    anchors = model.detect.anchors[0]
+    anchors = model.head.anchors[0]
     targets = torch.tensor([[1, 1, 3.75 / 8, 3.75 / 8, anchors[0, 0] / 8, anchors[0, 1] / 8]])
     preds = [torch.zeros(2, 3, s, s, 7) for s in (8, 4, 2)]
     out = loss(preds, targets)
@@ -477,7 +477,7 @@ def test_eval_output_format(device):
     torch.manual_seed(0)
     model = YOLOv7("yolov7-tiny", num_classes=4, img_size=128, **EVAL_PRESET).to(device).eval()
     with torch.no_grad():  # a confident objectness prior so that random weights give detections
-        for conv in model.detect.m:
+        for conv in model.head.m:
             conv.bias.view(3, 9)[:, 4] += 8
     sizes = [(120, 90), (64, 200)]
     images = [torch.rand(3, *s, device=device) for s in sizes]
