@@ -1,7 +1,8 @@
 """CenterMask2 eval latency: one 600x800 image resized to 800x1067 (the COCO test setting).
 
 The weights are random, so the score threshold is set to 0 to make the model behave like a trained one
-on a busy image: 1000 candidates per level go into NMS and the mask branch runs on 50 detections.
+on a busy image: 1000 candidates per level go into NMS and the mask branch runs on 50 detections (boxes
+are clipped only at the end, as in the official code, so a few random ones may then be dropped as empty).
 """
 import pytest
 import torch
@@ -29,7 +30,8 @@ def test_centermask2_eval_cpu(benchmark, name):
     model, images = _model(name, "cpu"), _image("cpu")
     with torch.no_grad():
         (out,) = benchmark.pedantic(model, args=(images,), rounds=3, warmup_rounds=1)
-    assert out["masks"].shape == (50, 1, 600, 800)
+    # 50 detections go through the mask branch; those whose box the final clip leaves empty are dropped
+    assert 0 < len(out["scores"]) <= 50 and out["masks"].shape == (len(out["scores"]), 1, 600, 800)
 
 
 @requires_cuda
@@ -39,4 +41,5 @@ def test_centermask2_eval_cuda(benchmark, name):
     model, images = _model(name, "cuda"), _image("cuda")
     with torch.no_grad():
         (out,) = benchmark.pedantic(cuda_timer(lambda: model(images)), rounds=10, warmup_rounds=2)
-    assert out["masks"].shape == (50, 1, 600, 800)
+    # 50 detections go through the mask branch; those whose box the final clip leaves empty are dropped
+    assert 0 < len(out["scores"]) <= 50 and out["masks"].shape == (len(out["scores"]), 1, 600, 800)
