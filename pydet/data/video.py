@@ -57,13 +57,13 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An RGB ``uint8 [H, W, 3]`` array."""
+    """An RGB ``uint8 [H, W, 3]`` array (writable, so that torch can wrap it without a warning)."""
     from PIL import Image, UnidentifiedImageError
 
     path = require_file(path)
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
+            return np.array(img.convert("RGB"))  # asarray would be a read-only view of PIL's bytes
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{path}: cannot read image ({exc})") from None
 

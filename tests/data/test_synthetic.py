@@ -70,3 +70,21 @@ def test_synthetic_video_roundtrip(tmp_path):
     assert all(f.image.shape == (64, 96, 3) and f.image.dtype == np.uint8 for f in frames)
     # the shapes move: consecutive frames differ by more than the noise
     assert np.abs(frames[0].image.astype(int) - frames[-1].image.astype(int)).mean() > 2
+
+
+def test_read_image_gives_a_writable_array(tmp_path):
+    import warnings
+
+    import numpy as np
+    import torch
+
+    from pydet.data.video import read_image
+
+    Image = pytest.importorskip("PIL.Image")
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((4, 6, 3), dtype=np.uint8)).save(path)
+    image = read_image(path)
+    assert image.shape == (4, 6, 3) and image.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.from_numpy(image)
