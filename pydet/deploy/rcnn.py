@@ -34,23 +34,6 @@ from .common import DetectionExport, ResizeNormalize, mask_padding, padded_rois
 _BELOW_PROBABILITIES = -1.0
 
 
-def decode_boxes(rel_codes: Tensor, boxes: Tensor, weights=(1.0, 1.0, 1.0, 1.0)) -> Tensor:
-    """``pydet.ops.decode_boxes``; under ONNX export the same arithmetic in standard operators, one
-    rounding per operation in the kernel's order (the kernel is built without FMA contraction)."""
-    if not torch.onnx.is_in_onnx_export():
-        return ops.decode_boxes(rel_codes, boxes, weights)
-    codes = rel_codes.reshape(rel_codes.shape[0], -1, 4)
-    widths, heights = (boxes[:, 2] - boxes[:, 0])[:, None], (boxes[:, 3] - boxes[:, 1])[:, None]
-    ctr_x, ctr_y = boxes[:, 0, None] + 0.5 * widths, boxes[:, 1, None] + 0.5 * heights
-    dx, dy = codes[..., 0] / weights[0], codes[..., 1] / weights[1]
-    dw = (codes[..., 2] / weights[2]).clamp(max=ops.boxes.DEFAULT_SCALE_CLAMP)
-    dh = (codes[..., 3] / weights[3]).clamp(max=ops.boxes.DEFAULT_SCALE_CLAMP)
-    pred_x, pred_y = dx * widths + ctr_x, dy * heights + ctr_y
-    half_w, half_h = 0.5 * (torch.exp(dw) * widths), 0.5 * (torch.exp(dh) * heights)
-    decoded = torch.stack((pred_x - half_w, pred_y - half_h, pred_x + half_w, pred_y + half_h), dim=-1)
-    return decoded.reshape(rel_codes.shape)
-
-
 def _pad_rows(x: Tensor, rows: int, value: float) -> Tensor:
     """Pad dimension 1 of ``x`` to ``rows`` entries with ``value``."""
     if x.shape[1] == rows:
@@ -119,7 +102,7 @@ class RCNNExport(DetectionExport):
             offset += count
         top_idx = torch.cat(top_idx, 1)
         scores = logits.gather(1, top_idx).sigmoid()
-        boxes = decode_boxes(gather_rows(deltas, top_idx).reshape(-1, 4), self.anchors[top_idx.reshape(-1)])
+        boxes = ops.decode_boxes(gather_rows(deltas, top_idx).reshape(-1, 4), self.anchors[top_idx.reshape(-1)])
         boxes = clip_boxes_per_image(boxes.view(num_images, -1, 4), self.clip_size)
         widths, heights = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
         candidate = (widths >= rpn.min_size) & (heights >= rpn.min_size) & (scores >= rpn.score_thresh)
@@ -140,7 +123,7 @@ class RCNNExport(DetectionExport):
         pooled = heads.box_roi_pool(features, padded_rois(proposals), [self.resize.resized_size])
         class_logits, box_regression = heads.box_predictor(heads.box_head(pooled))
         num_classes = class_logits.shape[-1]
-        boxes = decode_boxes(box_regression, proposals.reshape(-1, 4), heads.bbox_reg_weights)
+        boxes = ops.decode_boxes(box_regression, proposals.reshape(-1, 4), heads.bbox_reg_weights)
         boxes = clip_boxes_per_image(boxes.view(num_images, slots, num_classes, 4), self.clip_size)[:, :, 1:]
         scores = F.softmax(class_logits, -1).view(num_images, slots, num_classes)[..., 1:]
         widths, heights = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]

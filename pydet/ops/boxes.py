@@ -62,7 +62,24 @@ def decode_boxes(rel_codes: Tensor, boxes: Tensor, weights: Sequence[float] = (1
     scale_clamp = float(scale_clamp)
     if math.isnan(scale_clamp):
         raise ValueError("scale_clamp must not be NaN")
+    if torch.onnx.is_in_onnx_export():
+        return _decode_boxes_onnx(rel_codes, boxes, _check_weights(weights), scale_clamp)
     return torch.ops.pydet.decode_boxes(rel_codes, boxes, _check_weights(weights), scale_clamp)
+
+
+def _decode_boxes_onnx(rel_codes: Tensor, boxes: Tensor, weights: list[float], scale_clamp: float) -> Tensor:
+    """The kernel's arithmetic in standard operators, one rounding per operation in the kernel's order (the
+    kernel is built without FMA contraction), for ONNX export."""
+    codes = rel_codes.reshape(rel_codes.shape[0], -1, 4)
+    widths, heights = (boxes[:, 2] - boxes[:, 0])[:, None], (boxes[:, 3] - boxes[:, 1])[:, None]
+    ctr_x, ctr_y = boxes[:, 0, None] + 0.5 * widths, boxes[:, 1, None] + 0.5 * heights
+    dx, dy = codes[..., 0] / weights[0], codes[..., 1] / weights[1]
+    dw = (codes[..., 2] / weights[2]).clamp(max=scale_clamp)
+    dh = (codes[..., 3] / weights[3]).clamp(max=scale_clamp)
+    pred_x, pred_y = dx * widths + ctr_x, dy * heights + ctr_y
+    half_w, half_h = 0.5 * (torch.exp(dw) * widths), 0.5 * (torch.exp(dh) * heights)
+    decoded = torch.stack((pred_x - half_w, pred_y - half_h, pred_x + half_w, pred_y + half_h), dim=-1)
+    return decoded.reshape(rel_codes.shape)
 
 
 def clip_boxes_to_image(boxes: Tensor, size: tuple[int, int]) -> Tensor:
