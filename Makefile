@@ -46,12 +46,14 @@ cpp-test: deps
 	cmake --build cmake-test -j $(NPROC)
 	cd cmake-test && ctest --output-on-failure
 
+# Benchmarks run once each as tests, except those that compile or export a full-size model first (test-export).
 pytest:
-	$(PYTHON) -m pytest tests benchmarks -q --benchmark-disable -m "not full_export"
+	$(PYTHON) -m pytest tests benchmarks -q --benchmark-disable -m "not full_export and not compiles"
 
-# The full-size deployment checks (R50, V-39, YOLOv7 exports; AOTInductor packages in a fresh process).
+# The full-size deployment checks (R50, V-39, YOLOv7 exports; AOTInductor packages in a fresh process) and the
+# deployment benchmarks' compiled paths, run once each.
 test-export: build
-	$(PYTHON) -m pytest tests/deploy -q -m full_export
+	$(PYTHON) -m pytest tests/deploy benchmarks -q --benchmark-disable -m "full_export or compiles"
 
 # Every source is compiled once: the extension by pip, the .cu files by the CUDA check.
 test:

@@ -4,6 +4,8 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/_assert_async.h>
+#include <ATen/ops/arange.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
@@ -20,7 +22,8 @@ using Targets = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 constexpr int kBoxTile = 256;
 
 // num_gt == nullptr means every image uses all max_boxes rows; device counts are clamped to [0, M]
-// because checking them would need a host synchronisation (the CPU kernel raises instead).
+// because checking them would need a host synchronisation (the CPU kernel raises instead). Labels are
+// checked before the launch, by assert_labels_in_range.
 template <typename scalar_t>
 __global__ void fcos_targets_kernel(const scalar_t* __restrict__ points, const scalar_t* __restrict__ strides,
                                     const scalar_t* __restrict__ size_ranges, int64_t num_points,
@@ -72,6 +75,20 @@ __global__ void fcos_targets_kernel(const scalar_t* __restrict__ points, const s
   }
 }
 
+// The CPU kernel raises a ValueError for a real box's label outside [0, num_classes). Here the same check
+// runs on the device as an asynchronous assertion (torch._assert_async): no host synchronisation, and a bad
+// label fails the CUDA stream (a device-side assert, as an out-of-range index does in torch) instead of being
+// written into the targets. Padding rows past num_gt[b] are not checked.
+void assert_labels_in_range(const at::Tensor& gt_labels, const at::Tensor& num_gt, int64_t num_classes) {
+  if (gt_labels.numel() == 0) return;
+  auto out_of_range = gt_labels.lt(0).logical_or_(gt_labels.ge(num_classes));
+  if (num_gt.defined()) {
+    const auto rows = at::arange(gt_labels.size(1), gt_labels.options()).unsqueeze(0);
+    out_of_range.logical_and_(rows.lt(num_gt.unsqueeze(1)));
+  }
+  at::_assert_async(out_of_range.any().logical_not(), "fcos_targets: gt_labels must be in [0, num_classes)");
+}
+
 Targets assign_batch(const at::Tensor& points_in, const at::Tensor& strides_in, const at::Tensor& size_ranges_in,
                      const at::Tensor& gt_boxes_in, const at::Tensor& gt_labels_in, const at::Tensor* num_gt_in,
                      int64_t num_classes, double radius) {
@@ -85,6 +102,7 @@ Targets assign_batch(const at::Tensor& points_in, const at::Tensor& strides_in, 
   auto reg = at::empty({batch, num_points, 4}, points.options());
   auto matched = at::empty({batch, num_points}, gt_labels.options());
   if (batch == 0 || num_points == 0) return {labels, reg, matched};
+  assert_labels_in_range(gt_labels, num_gt, num_classes);
   const dim3 grid(cuda::blocks_for(num_points), static_cast<unsigned int>(std::min<int64_t>(batch, 65535)));
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, points.scalar_type(), "fcos_targets_cuda", [&] {

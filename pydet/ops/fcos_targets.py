@@ -11,7 +11,8 @@ stride ``s`` and size range ``[lo, hi]``, box ``j`` is a candidate when
 Among candidates the smallest box area wins, then the lowest index. A point gets its box's label,
 ``reg_targets = (l, t, r, b)`` in pixels and ``matched_gt = j``; unmatched points get
 ``labels = num_classes``, ``reg_targets = 0`` and ``matched_gt = -1``. NaN boxes are never candidates.
-Memory is O(L + M) (no L x M intermediate). Not differentiable.
+Memory is O(L + M) (no L x M intermediate). Not differentiable. A real box's label outside
+``[0, num_classes)`` is refused: a ValueError on the CPU, a device-side assertion on CUDA (no host sync).
 
 Kernels: csrc/cpu/fcos_targets_kernel.cpp, csrc/cuda/fcos_targets_kernel.cu.
 Reference: pydet/reference/fcos_targets.py.

@@ -366,3 +366,33 @@ def test_labels_outside_the_classes_are_refused(label):
         ops.fcos_targets(points, strides, ranges, boxes, torch.tensor([0, label]), NUM_CLASSES)
     with pytest.raises(ValueError, match=r"gt_labels must be in \[0, num_classes\)"):
         ops.fcos_targets_batched(points, strides, ranges, [boxes], [torch.tensor([label, 0])], None, NUM_CLASSES)
+
+
+_CUDA_BAD_LABEL = """
+import torch
+from pydet import ops
+points, strides, ranges = (t.cuda() for t in ops.fcos_level_inputs([(8, 8)], [8]))
+boxes = torch.tensor([[[4.0, 4, 40, 40], [10, 10, 20, 20]]], device="cuda")
+padded = torch.tensor([[1, {label}]], device="cuda")
+# the bad label sits in a padding row (num_gt = 1): not checked, so this runs
+ops.fcos_targets_batched(points, strides, ranges, boxes, padded, torch.tensor([1], device="cuda"), 3)
+torch.cuda.synchronize()
+print("padding ok", flush=True)
+ops.fcos_targets(points, strides, ranges, boxes[0], padded[0], 3)
+torch.cuda.synchronize()
+"""
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("label", [-1, 3])
+def test_labels_outside_the_classes_fail_the_cuda_stream(label):
+    """On CUDA the check is a device-side assertion (no host sync): the stream fails, as it does for an
+    out-of-range index in torch. It poisons the CUDA context, so it runs in its own process."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _CUDA_BAD_LABEL.format(label=label)], capture_output=True,
+                            text=True, timeout=300)
+    assert "padding ok" in result.stdout
+    assert result.returncode != 0
+    assert "gt_labels must be in [0, num_classes)" in result.stderr or "device-side assert" in result.stderr
