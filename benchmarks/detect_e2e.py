@@ -27,11 +27,13 @@ import torch
 
 # Build arguments: YOLOv7 letterboxes to 640, the others resize to 800. Randomly initialised models score
 # nothing above their own thresholds, so the runs keep every candidate (--score-threshold 0) and cap the
-# detections per frame: 20 boxes (and masks) per frame to draw, encode and paste to RLE.
+# detections per frame: 20 boxes (and masks) per frame to draw, encode and paste to RLE. YOLOv7 would then
+# send its 30,000 best (box, class) candidates to NMS, where a trained model at its 0.25 threshold sends a
+# few hundred: 1000 keeps the figure about the network, not about NMS of random boxes.
 DETECTIONS_PER_FRAME = 20
 MODELS = {
-    "yolov7_tiny": {"img_size": 640},
-    "yolov7": {"img_size": 640},
+    "yolov7_tiny": {"img_size": 640, "pre_nms_topk": 1000},
+    "yolov7": {"img_size": 640, "pre_nms_topk": 1000},
     "centermask2_lite_vovnet19": {"min_size": 800, "max_size": 1333},
     "mask_rcnn_resnet50_fpn": {"min_size": 800, "max_size": 1333},
 }

@@ -37,13 +37,41 @@ _SCORE_THRESHOLDS = ("box_score_thresh", "roi_heads.score_thresh", "fcos.score_t
 LIST_EXTENSIONS = (".txt", ".lst")
 
 
-def _binary_masks(detection: dict, image_shape: tuple[int, int]) -> Iterator[np.ndarray]:
-    """Each detection's ``bool [H, W]`` mask, one at a time (box-relative masks are pasted one by one)."""
-    if "mask_probs" in detection:
-        for probs, box in zip(detection["mask_probs"], detection["boxes"]):
-            yield ops.paste_masks(probs[None], box[None], image_shape, threshold=0.5)[0].numpy()
-    elif "masks" in detection:
-        yield from (detection["masks"][:, 0] >= 0.5).numpy()
+def _box_window(box: torch.Tensor, image_shape: tuple[int, int]) -> tuple[slice, slice] | None:
+    """The pixel rows and columns a box can cover (its integer bounds within the image), or None."""
+    x0, y0, x1, y1 = box.tolist()
+    if not all(np.isfinite((x0, y0, x1, y1))):
+        return None
+    height, width = image_shape
+    top, bottom = min(max(int(np.floor(y0)), 0), height), min(max(int(np.ceil(y1)), 0), height)
+    left, right = min(max(int(np.floor(x0)), 0), width), min(max(int(np.ceil(x1)), 0), width)
+    if bottom <= top or right <= left:
+        return None
+    return slice(top, bottom), slice(left, right)
+
+
+def _mask_windows(detection: dict, image_shape: tuple[int, int]) -> Iterator[tuple[np.ndarray, tuple] | None]:
+    """Per detection, its binary mask within its box's window (``(bool [h, w], (rows, cols))``), or None.
+
+    A pasted mask is zero outside its box, so drawing touches box-sized windows, not whole frames: 20
+    masks on a 1024x1024 frame cost a millisecond instead of tens. Box-relative masks are pasted into the
+    window with the box moved by the window's integer origin (for drawing only; RLE records come from
+    ``paste_masks_rle`` on the whole frame).
+    """
+    full = detection.get("masks")
+    for i, box in enumerate(detection["boxes"]):
+        window = _box_window(box, image_shape)
+        if window is None:
+            yield None
+            continue
+        rows, cols = window
+        if "mask_probs" in detection:
+            origin = box.new_tensor([cols.start, rows.start, cols.start, rows.start])
+            size = (rows.stop - rows.start, cols.stop - cols.start)
+            mask = ops.paste_masks(detection["mask_probs"][i][None], (box - origin)[None], size, threshold=0.5)[0]
+        else:
+            mask = full[i, 0, rows, cols] >= 0.5
+        yield mask.numpy(), window
 
 
 def draw_detections(image: np.ndarray, detection: dict, label_map: LabelMap, mask_alpha: float = 0.45,
@@ -58,13 +86,20 @@ def draw_detections(image: np.ndarray, detection: dict, label_map: LabelMap, mas
     colour_keys = track_ids if track_ids is not None else labels
     colours = _PALETTE[colour_keys.clamp(min=0).numpy() % len(_PALETTE)]
     out = image.copy()
-    for mask, colour in zip(_binary_masks(detection, image.shape[:2]), colours):
-        out[mask] = (out[mask] * (1 - mask_alpha) + colour * mask_alpha).astype(np.uint8)
+    if "mask_probs" in detection or "masks" in detection:
+        for masked, colour in zip(_mask_windows(detection, image.shape[:2]), colours):
+            if masked is None:
+                continue
+            mask, window = masked
+            region = out[window]
+            region[mask] = (region[mask] * (1 - mask_alpha) + colour * mask_alpha).astype(np.uint8)
     canvas = Image.fromarray(out)
     draw = ImageDraw.Draw(canvas)
     prefixes = [f"#{t} " if t >= 0 else "" for t in track_ids.tolist()] if track_ids is not None else [""] * len(labels)
     boxes, scores = detection["boxes"].tolist(), detection["scores"].tolist()
     for box, score, name, colour, prefix in zip(boxes, scores, label_map.names(labels), colours, prefixes):
+        if not (np.isfinite(box).all() and box[0] <= box[2] and box[1] <= box[3]):
+            continue  # a degenerate box has nothing to draw (and PIL refuses it)
         colour = tuple(int(c) for c in colour)
         draw.rectangle(box, outline=colour, width=2)
         caption = f"{prefix}{name} {score:.2f}"

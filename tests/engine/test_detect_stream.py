@@ -1,6 +1,7 @@
 """Streaming ``pydet.engine.detect``: frame numbers through decoding threads and damaged frames, JSON
 written as it goes, errors from either thread, the model's own score threshold, box-relative masks, tracks."""
 import json
+import math
 import threading
 import time
 
@@ -215,3 +216,24 @@ def test_input_lists_expand_and_output_names_stay_distinct(tmp_path):
     empty.write_text("# nothing\n")
     with pytest.raises(InputError, match="empty.txt"):
         expand_inputs([empty])
+
+
+def test_drawing_box_relative_masks_equals_drawing_the_pasted_masks():
+    """Masks are drawn in their boxes' windows: the picture is the one full-frame masks give, boxes
+    partly outside the frame included, and degenerate boxes are skipped rather than refused by PIL."""
+    from pydet.engine.detect import draw_detections
+
+    g = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (300, 400, 3), generator=g, dtype=torch.uint8).numpy()
+    corners = torch.rand(12, 2, generator=g) * torch.tensor([440.0, 340.0]) - 20
+    boxes = torch.cat([corners, corners + torch.rand(12, 2, generator=g) * 120 + 0.5], 1)
+    boxes[10] = torch.tensor([50.0, 50.0, 40.0, 60.0])  # x1 < x0
+    boxes[11] = torch.tensor([math.nan, 50.0, 40.0, 60.0])
+    probs = torch.rand(12, 28, 28, generator=g)
+    label_map = LabelMap([{"id": 1, "name": "shape"}], [0])
+    common = {"boxes": boxes, "scores": torch.rand(12, generator=g), "labels": torch.zeros(12, dtype=torch.int64)}
+    relative = draw_detections(image, {**common, "mask_probs": probs}, label_map)
+    pasted = ops.paste_masks(probs, boxes, image.shape[:2], threshold=None)[:, None]
+    full_frame = draw_detections(image, {**common, "masks": pasted}, label_map)
+    assert (relative != image).any()
+    np.testing.assert_array_equal(relative, full_frame)
