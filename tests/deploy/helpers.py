@@ -1,4 +1,4 @@
-"""Models with informative random weights for the deployment tests, and output comparisons."""
+"""Models with informative random weights for the deployment tests (comparisons: pydet.deploy.verify)."""
 from __future__ import annotations
 
 import torch
@@ -69,25 +69,3 @@ def scenes(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
             image[:, y:y + h, x:x + w] = torch.rand(3, 1, 1, generator=g) * 0.6 + 0.4
     return images
 
-
-def assert_same_detections(expected, actual, *, box_tol: float = 1e-2, score_tol: float = 1e-4,
-                           mask_tol: float | None = None) -> None:
-    """Two output tuples hold the same detections: equal counts, and per image the rows pair up one to one
-    with equal labels, scores within ``score_tol`` and boxes within ``box_tol`` px (rows whose scores differ
-    by less than the tolerance may come in either order)."""
-    expected = [t.detach().cpu() for t in expected]
-    actual = [t.detach().cpu() for t in actual]
-    assert len(expected) == len(actual)
-    assert torch.equal(expected[3], actual[3]), (expected[3], actual[3])
-    for i, n in enumerate(expected[3].tolist()):
-        torch.testing.assert_close(actual[1][i], expected[1][i], rtol=0, atol=score_tol)
-        unmatched = list(range(n))
-        for row in range(n):
-            close = [j for j in unmatched if expected[2][i, j] == actual[2][i, row]
-                     and abs(float(expected[1][i, j] - actual[1][i, row])) <= score_tol
-                     and float((expected[0][i, j] - actual[0][i, row]).abs().max()) <= box_tol]
-            assert close, f"image {i}: row {row} of {n} has no counterpart"
-            if mask_tol is not None:
-                assert float((expected[4][i, close[0]] - actual[4][i, row]).abs().max()) <= mask_tol
-            unmatched.remove(close[0])
-        assert (actual[2][i, n:] == -1).all() and (actual[1][i, n:] == 0).all()
