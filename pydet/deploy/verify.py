@@ -37,18 +37,19 @@ def compare_outputs(expected: tuple[Tensor, ...], actual: tuple[Tensor, ...], *,
     box and score differences in units of ``box_tol`` and ``score_tol``), so rows whose scores differ by float
     rounding may trade places without counting as different. Returns ``counts_equal``, ``labels_equal``
     (every row found a partner of its label), ``unpaired`` (rows that did not), the largest ``boxes``,
-    ``scores`` (and ``masks``) differences over the pairs, ``padding`` (rows past the count are label -1,
-    score 0) and ``same_detections``: all of these hold and the differences are within the tolerances.
+    ``scores`` (and ``masks``, where both tuples have them) differences over the pairs, ``padding`` (rows past
+    the count are label -1, score 0) and ``same_detections``: all of these hold and the differences are
+    within the tolerances.
     """
     expected = [e.detach().cpu() for e in expected]
     actual = [a.detach().cpu() for a in actual]
-    counts_equal = len(expected) == len(actual) and torch.equal(expected[3], actual[3])
+    counts_equal = torch.equal(expected[3], actual[3])
     report: dict[str, float | bool | int] = {"counts_equal": counts_equal, "labels_equal": False}
     if not counts_equal:
         report["same_detections"] = False
         return report
     worst = {"boxes": 0.0, "scores": 0.0}
-    if len(expected) == 5:
+    if len(expected) == len(actual) == 5:
         worst["masks"] = 0.0
     unpaired = 0
     padding = True

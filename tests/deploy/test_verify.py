@@ -40,6 +40,7 @@ def test_masks_compared_when_given():
     assert compare_outputs(outputs, other)["masks"] == pytest.approx(0.01)
     with pytest.raises(AssertionError):
         assert_same_detections(outputs, other, mask_tol=1e-3)
+    assert "masks" not in compare_outputs(outputs[:4], other)  # eager's pasted masks are not in its tuple
 
 
 def test_eager_detections_become_the_sorted_padded_tuple():
