@@ -2,10 +2,10 @@
 
 Side by side, same weights (random, seed 0: the RPN keeps 1000 proposals and 100 detections get masks):
 eager pydet (``model([image])``), the export module run eagerly, ``torch.compile`` of it (inductor,
-frozen weights), its AOTInductor package (as ``pydet export`` writes it, and with frozen weights) and its
-ONNX file in onnxruntime. Every path is checked to
-give eager's detections before it is timed. Compiling takes minutes on 2 cores: each test builds its
-artefact before its timed rounds.
+frozen weights), its AOTInductor package (``package_aoti``, frozen weights, as ``pydet export`` writes it)
+and its ONNX file in onnxruntime. Every path must give eager's detections (``assert_same_detections``: same
+counts and labels, boxes within 1e-2 px, scores within 1e-4) before and after its timed rounds. Compiling
+takes minutes on 2 cores: each test builds its artefact before its timed rounds.
 
     python -m pytest benchmarks/test_bench_deploy_rcnn.py --benchmark-only \
         --benchmark-json=benchmarks/results/cpu-deploy-rcnn.json
@@ -16,13 +16,14 @@ import pytest
 import torch
 
 from pydet.deploy import export_onnx, export_program, load_exported, package_aoti
+from pydet.deploy.verify import assert_same_detections, outputs_from_detections
 from pydet.models import mask_rcnn_resnet50_fpn
 
 HEIGHT, WIDTH = 480, 640
 IMPLS = ["eager", "export-module", "compile-freezing", "aoti",
          pytest.param("onnxruntime", marks=pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None,
-                                                              reason="needs onnxruntime (the export extra)")),
-         "aoti-freezing"]
+                                                              reason="needs onnxruntime (the export extra)"))]
+ROWS = 100  # the export module's max_detections (default)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def module(model):
 @pytest.fixture(scope="module")
 def reference(model, image):
     with torch.inference_mode():
-        return model(list(image))[0]
+        return outputs_from_detections(model(list(image)), ROWS)
 
 
 def compiled_with_freezing(module, image):
@@ -63,28 +64,15 @@ def runner(impl, model, module, image, directory):
         return compiled_with_freezing(module, image)
     if impl == "aoti":
         return load_exported(package_aoti(export_program(module), directory / "mask_rcnn.pt2"))
-    if impl == "aoti-freezing":  # weights folded and prepacked into the package
-        return load_exported(torch._inductor.aoti_compile_and_package(
-            export_program(module), package_path=str(directory / "mask_rcnn.pt2"), inductor_configs={"freezing": True}))
     return load_exported(export_onnx(module, directory / "mask_rcnn.onnx"))
 
 
-def assert_same_detections(outputs, reference):
-    """The same detections as eager: count, and one-to-one the same label, box (1e-2 px) and score (1e-4).
-    Rows may trade places where two scores differ by float rounding only (onnxruntime's convolutions)."""
+def same_as_eager(outputs, reference):
+    """Rows may trade places where two scores differ by float rounding only (onnxruntime's convolutions)."""
     if isinstance(outputs, list):  # eager: one dict per image
-        detections = outputs[0]
-        outputs = [detections[k][None] for k in ("boxes", "scores", "labels")]
-        outputs.append(torch.tensor([len(detections["boxes"])]))
-    boxes, scores, labels, num_detections = (o[0] for o in outputs[:4])
-    n = int(num_detections)
-    assert n == len(reference["boxes"]) > 0
-    unmatched = list(range(n))
-    for box, score, label in zip(boxes[:n], scores[:n], labels[:n]):
-        same = [j for j in unmatched if label == reference["labels"][j]
-                and (box - reference["boxes"][j]).abs().max() <= 1e-2 and abs(score - reference["scores"][j]) <= 1e-4]
-        assert same, f"no eager detection matches {label.item()} {box.tolist()} {score.item()}"
-        unmatched.remove(same[0])
+        outputs = outputs_from_detections(outputs, ROWS)
+    assert int(reference[3][0]) > 0
+    return assert_same_detections(reference, outputs[:4])
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -96,6 +84,6 @@ def test_mask_rcnn_resnet50_fpn_deploy(benchmark, impl, model, module, image, re
         with torch.inference_mode():
             return run(image)
 
-    assert_same_detections(call(), reference)  # also the warm-up round
+    benchmark.extra_info.update(same_as_eager(call(), reference))  # also the warm-up round
     outputs = benchmark.pedantic(call, rounds=3, iterations=1)
-    assert_same_detections(outputs, reference)
+    same_as_eager(outputs, reference)

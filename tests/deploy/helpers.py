@@ -1,4 +1,4 @@
-"""Models with informative random weights for the deployment tests, and output comparisons."""
+"""Models with informative random weights for the deployment tests (comparisons: pydet.deploy.verify)."""
 from __future__ import annotations
 
 import torch
@@ -10,8 +10,15 @@ from pydet import models
 def spread_weights(model: nn.Module, seed: int = 0, gain: float = 0.5) -> nn.Module:
     """BatchNorm statistics calibrated on :func:`scenes` and wider-spread output layers, so that random
     weights give well separated scores (freshly initialised heads score nearly every box alike, and
-    near-ties would make any two runtimes order the detections differently)."""
+    near-ties would make any two runtimes order the detections differently).
+
+    Calibration runs at the resolution the network sees in use (:func:`network_input_side`), so that, as in
+    a trained network, BatchNorm keeps every layer's activations near unit scale. Calibrated on smaller
+    images, full YOLOv7's head activations grew 10-50x at 640 px, its scores saturated near 1 with
+    near-ties, and float32 rounding (1e-3 in the head's logits) decided which of them were kept.
+    """
     g = torch.Generator().manual_seed(seed)
+    side = network_input_side(model)
     with torch.no_grad():
         for conv, bias in _output_convs(model):
             conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * gain / conv.weight[0].numel() ** 0.5)
@@ -23,13 +30,18 @@ def spread_weights(model: nn.Module, seed: int = 0, gain: float = 0.5) -> nn.Mod
         if norms:
             network = model.backbone if hasattr(model, "fcos") else model.model
             network.train()
-            network(scenes(4, 128, 128, seed=seed + 1))
+            network(scenes(4, side, side, seed=seed + 1))
         if not hasattr(model, "fcos"):  # deep YOLOs: bring each level's logits to about `gain` standard deviation
             model.eval()
-            for conv, level in zip(model.head.m, model.model(scenes(2, 128, 128, seed=seed + 2))):
+            for conv, level in zip(model.head.m, model.model(scenes(2, side, side, seed=seed + 2))):
                 conv.weight.div_(level.std() / gain)
                 conv.bias.copy_(torch.randn(conv.bias.shape, generator=g) * 0.5 - 1.5)
     return model.eval()
+
+
+def network_input_side(model: nn.Module) -> int:
+    """The side of the images the network runs on: YOLOv7's letterbox size, CenterMask2's test-time resize."""
+    return model.transform.min_size[-1] if hasattr(model, "fcos") else model.img_size
 
 
 def _output_convs(model: nn.Module) -> list[tuple[nn.Conv2d, float]]:
@@ -57,25 +69,3 @@ def scenes(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
             image[:, y:y + h, x:x + w] = torch.rand(3, 1, 1, generator=g) * 0.6 + 0.4
     return images
 
-
-def assert_same_detections(expected, actual, *, box_tol: float = 1e-2, score_tol: float = 1e-4,
-                           mask_tol: float | None = None) -> None:
-    """Two output tuples hold the same detections: equal counts, and per image the rows pair up one to one
-    with equal labels, scores within ``score_tol`` and boxes within ``box_tol`` px (rows whose scores differ
-    by less than the tolerance may come in either order)."""
-    expected = [t.detach().cpu() for t in expected]
-    actual = [t.detach().cpu() for t in actual]
-    assert len(expected) == len(actual)
-    assert torch.equal(expected[3], actual[3]), (expected[3], actual[3])
-    for i, n in enumerate(expected[3].tolist()):
-        torch.testing.assert_close(actual[1][i], expected[1][i], rtol=0, atol=score_tol)
-        unmatched = list(range(n))
-        for row in range(n):
-            close = [j for j in unmatched if expected[2][i, j] == actual[2][i, row]
-                     and abs(float(expected[1][i, j] - actual[1][i, row])) <= score_tol
-                     and float((expected[0][i, j] - actual[0][i, row]).abs().max()) <= box_tol]
-            assert close, f"image {i}: row {row} of {n} has no counterpart"
-            if mask_tol is not None:
-                assert float((expected[4][i, close[0]] - actual[4][i, row]).abs().max()) <= mask_tol
-            unmatched.remove(close[0])
-        assert (actual[2][i, n:] == -1).all() and (actual[1][i, n:] == 0).all()

@@ -12,7 +12,8 @@ import torch
 
 from pydet import models, ops
 from pydet.deploy import export_onnx, export_program, load_exported, package_aoti
-from tests.deploy.helpers import assert_same_detections, build, scenes
+from pydet.deploy.verify import assert_same_detections, outputs_from_detections
+from tests.deploy.helpers import build, scenes
 from tests.deploy.test_onnx_ops import requires_onnx
 
 SIZE = (96, 128)  # not square, and not the models' own size: the fixed-size resize / letterbox is exercised
@@ -24,20 +25,15 @@ LARGE = [name for name in models.available()
 
 
 def _eager_outputs(model, images, rows):
-    """The eager model's detections as the deployment tuple: its first ``rows`` rows, sorted by score."""
-    boxes, scores, labels, counts, masks = [], [], [], [], []
-    for det in model(list(images)):
-        n = min(rows, len(det["scores"]))
-        order = det["scores"][:n].sort(descending=True, stable=True).indices
-        pad = rows - n
-        boxes.append(torch.cat([det["boxes"][:n][order], det["boxes"].new_zeros(pad, 4)]))
-        scores.append(torch.cat([det["scores"][:n][order], det["scores"].new_zeros(pad)]))
-        labels.append(torch.cat([det["labels"][:n][order], det["labels"].new_full((pad,), -1)]))
-        counts.append(n)
+    """The eager model's detections as the deployment tuple (its first ``rows`` rows, sorted by score) and
+    each image's pasted masks in the same order."""
+    detections = model(list(images))
+    masks = []
+    for det in detections:
         if "masks" in det:
-            masks.append(det["masks"][:n][order])
-    out = (torch.stack(boxes), torch.stack(scores), torch.stack(labels), torch.tensor(counts))
-    return out, masks
+            n = min(rows, len(det["scores"]))
+            masks.append(det["masks"][:n][det["scores"][:n].sort(descending=True, stable=True).indices])
+    return outputs_from_detections(detections, rows), masks
 
 
 def _check_against_eager(model, module, images):
