@@ -6,8 +6,8 @@
     onnxruntime  the ONNX file on onnxruntime's CPU provider
 
 Every path must give eager's detections, checked on its first and its last call
-(``assert_same_detections``: same counts and labels, boxes within 1e-2 px, scores within 1e-4;
-``extra_info`` holds the largest differences). Random weights with spread-out outputs
+(``assert_same_detections``: same counts and labels, boxes within 1e-2 px, scores within 1e-4, full YOLOv7
+at float32's precision: see TOLERANCES; ``extra_info`` holds the largest differences). Random weights with spread-out outputs
 (tests/deploy/helpers.py), so that there are detections to compare. AOTInductor compiles take minutes per model on 2 cores: YOLOv7 and -tiny are
 packaged by default, every model with ``PYDET_BENCH_AOTI=all``. Results: benchmarks/results/cpu-deploy.json.
 
@@ -24,7 +24,14 @@ from pydet.deploy.verify import assert_same_detections, compare_outputs, outputs
 from tests.deploy.helpers import build, scenes
 
 MODELS = {"yolov7_tiny": (640, {}), "yolov7": (640, {}), "centermask2_lite_vovnet19_slim": (600, {})}
-PATHS = ("eager", "compile", "aoti", "onnxruntime")
+# Building the artefact (an inductor compile, an AOTInductor package, an ONNX export) takes tens of seconds
+# to minutes: `make test` leaves these to `make test-export` (marker `compiles`).
+PATHS = ("eager", *(pytest.param(p, marks=pytest.mark.compiles) for p in ("compile", "aoti", "onnxruntime")))
+# Full YOLOv7 at 640 px is compared at float32's own precision there: eager float32 is itself 0.032 px and
+# 4.5e-5 from a float64 run of the same model and image (106 layers; a box corner of the largest anchor
+# moves ~270 px per unit of head logit), so 1e-2 px cannot separate a right graph from a wrong one. Every
+# other model keeps the default tolerances (1e-2 px, 1e-4). Measurements: benchmarks/results/cpu-deploy.md.
+TOLERANCES = {"yolov7": {"box_tol": 0.1, "score_tol": 2e-4}}
 ROWS = 100
 AOTI_MODELS = list(MODELS) if os.environ.get("PYDET_BENCH_AOTI") == "all" else ["yolov7_tiny", "yolov7"]
 
@@ -74,5 +81,5 @@ def test_deploy_latency(benchmark, setup, path):
         outputs = as_tuple(benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1))
     # Checked after the timed rounds, so that a path off by more than the tolerances still has its timing
     # and its differences (extra_info) on record.
-    assert_same_detections(expected, first)
-    assert_same_detections(expected, outputs)
+    assert_same_detections(expected, first, **TOLERANCES.get(name, {}))
+    assert_same_detections(expected, outputs, **TOLERANCES.get(name, {}))

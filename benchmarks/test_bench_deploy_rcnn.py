@@ -20,9 +20,12 @@ from pydet.deploy.verify import assert_same_detections, outputs_from_detections
 from pydet.models import mask_rcnn_resnet50_fpn
 
 HEIGHT, WIDTH = 480, 640
-IMPLS = ["eager", "export-module", "compile-freezing", "aoti",
-         pytest.param("onnxruntime", marks=pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None,
-                                                              reason="needs onnxruntime (the export extra)"))]
+# The compiled and exported paths build their artefact first (a minute or more on 2 cores): `make test` leaves
+# them to `make test-export` (marker `compiles`).
+IMPLS = ["eager", "export-module",
+         pytest.param("compile-freezing", marks=pytest.mark.compiles), pytest.param("aoti", marks=pytest.mark.compiles),
+         pytest.param("onnxruntime", marks=[pytest.mark.compiles, pytest.mark.skipif(
+             importlib.util.find_spec("onnxruntime") is None, reason="needs onnxruntime (the export extra)")])]
 ROWS = 100  # the export module's max_detections (default)
 
 
