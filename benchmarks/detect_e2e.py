@@ -70,12 +70,12 @@ def run_detect(video: Path, name: str, out: Path, batch_size: int, threads: int)
 def model_only(video: Path, name: str, frames: int, batch_size: int) -> float:
     """Frames/s of the model's forward alone over ``frames`` decoded frames, in batches of ``batch_size``."""
     from pydet import models
-    from pydet.data import read_video
+    from pydet.data import image_to_tensor, read_video
 
     model = models.build(name, **MODELS[name], box_detections_per_img=DETECTIONS_PER_FRAME, box_score_thresh=0.0).eval()
     images = []
     for frame in read_video(video):
-        images.append(torch.from_numpy(frame.image).permute(2, 0, 1).float().div_(255))
+        images.append(image_to_tensor(frame.image))
         if len(images) == frames:
             break
     model(images[:batch_size])  # warm-up

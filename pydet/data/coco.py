@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import InputError, require_file
-from .video import read_image
+from .video import image_to_tensor, read_image
 
 # The 80 COCO detection categories with their (non-contiguous) ids, as in instances_*.json.
 COCO_CATEGORIES = [{"id": i, "name": n} for i, n in [
@@ -228,7 +228,7 @@ class CocoDetection(Dataset):
             raise AnnotationError(f"{self.annotation_file}: images entry id {info['id']}: says "
                                   f"{info['height']}x{info['width']}, {info['file_name']} is "
                                   f"{pixels.shape[0]}x{pixels.shape[1]}")
-        image = torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255)
+        image = image_to_tensor(pixels)
         target = self.target(index)
         if self.transforms is not None:
             image, target = self.transforms(image, target)

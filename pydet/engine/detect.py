@@ -25,7 +25,8 @@ from torch import nn
 
 from .. import ops
 from ..data.video import (IMAGE_EXTENSIONS, InputError, VideoWriter, check_output_dir, check_output_path,
-                          is_image_file, list_images, probe_video, read_image, read_video, write_image)
+                          image_to_tensor, is_image_file, list_images, probe_video, read_image, read_video,
+                          write_image)
 from .evaluate import detections_to_coco, mask_rles
 from .model_info import LabelMap
 
@@ -115,6 +116,13 @@ class _Item:
     image_id: int
     name: str  # file stem for annotated images
     image: np.ndarray
+    model_input: torch.Tensor | None = None  # float [3, H, W] in [0, 1], made on the decoding thread
+
+
+def _with_model_inputs(items: Iterator[_Item]) -> Iterator[_Item]:
+    for item in items:
+        item.model_input = image_to_tensor(item.image)
+        yield item
 
 
 def _images(paths: list[Path]) -> Iterator[_Item]:
@@ -440,9 +448,8 @@ def detect(model: nn.Module, source: str | os.PathLike, *, label_map: LabelMap, 
     try:
         writer = _Stage(results.write_batch)
         try:
-            for batch in _batches(prefetch(items, depth=2 * batch_size), batch_size):
-                tensors = [torch.from_numpy(item.image).to(device).permute(2, 0, 1).float().div_(255)
-                           for item in batch]
+            for batch in _batches(prefetch(_with_model_inputs(items), depth=2 * batch_size), batch_size):
+                tensors = [item.model_input.to(device) for item in batch]
                 t0 = time.perf_counter()
                 outputs = model(tensors)
                 if device.type == "cuda":

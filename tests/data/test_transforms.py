@@ -1,4 +1,5 @@
 import pytest
+import numpy as np
 import torch
 
 from pydet import ops
@@ -61,3 +62,14 @@ def test_mosaic_combines_four_images_consistently():
     torch.manual_seed(0)
     plain = Mosaic(SyntheticShapes(2, 64), size=96, p=0.0)[1]
     assert torch.equal(plain[0], SyntheticShapes(2, 64)[1][0])
+
+
+def test_image_to_tensor_gives_torchs_float_division_for_every_pixel_value():
+    from pydet.data import image_to_tensor
+
+    image = np.arange(256 * 3, dtype=np.int64).reshape(16, 16, 3).astype(np.uint8)  # every value, every channel
+    expected = torch.from_numpy(image).permute(2, 0, 1).float().div(255)
+    tensor = image_to_tensor(image)
+    assert tensor.dtype == torch.float32 and tensor.shape == (3, 16, 16)
+    assert torch.equal(tensor, expected)
+    assert tensor.max() == 1.0 and tensor.min() == 0.0
