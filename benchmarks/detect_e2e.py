@@ -6,7 +6,8 @@ build excluded), then the model alone runs over the same decoded frames in this 
 the same size (frames/s of ``model(batch)`` only). The targets: end to end >= 0.9 x model-only, and
 the peak RSS after the longest run within 50 MB of the shortest (memory flat in the video's length).
 
-    python -m benchmarks.detect_e2e --frames 60 600 --out benchmarks/results/cpu-detect.json
+    python -m benchmarks.detect_e2e --frames 60 600 --out benchmarks/results/cpu-detect-e2e.json
+    python -m benchmarks.detect_e2e --models yolov7_tiny --no-video   # the JSON alone, no annotated video
 
 Models are randomly initialised (no weights are downloaded); every frame keeps its best 20 candidates,
 so there are detections to draw, encode and, for mask models, paste to RLE.
@@ -47,12 +48,13 @@ def make_video(path: Path, frames: int, size: int = 1024) -> None:
         write_synthetic_video(path, num_frames=frames, image_size=size, fps=30, seed=3)
 
 
-def run_detect(video: Path, name: str, out: Path, batch_size: int, threads: int) -> dict:
-    """``pydet detect`` in a child process: its end-to-end frames/s and peak RSS."""
+def run_detect(video: Path, name: str, out: Path, batch_size: int, threads: int, with_video: bool = True) -> dict:
+    """``pydet detect`` in a child process: its end-to-end frames/s and peak RSS (``with_video``: also
+    drawing and encoding the annotated video, else the COCO-results JSON alone)."""
     kwargs = {**MODELS[name], "box_detections_per_img": DETECTIONS_PER_FRAME}
     argv = [sys.executable, "-m", "pydet", "detect", str(video), "--model", name, "--device", "cpu", "--quiet",
             "--score-threshold", "0", "--batch-size", str(batch_size),
-            "--out-json", str(out / f"{name}.json"), "--out-video", str(out / f"{name}.mp4")]
+            "--out-json", str(out / f"{name}.json")] + (["--out-video", str(out / f"{name}.mp4")] if with_video else [])
     argv += [a for k, v in kwargs.items() for a in ("--model-arg", f"{k}={v}")]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)
@@ -123,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", nargs="+", type=int, default=[60, 600], help="video lengths to run")
     parser.add_argument("--model-frames", type=int, default=60, help="frames timed for the model-only figure")
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--no-video", action="store_true", help="write the JSON only (no annotated video)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", default="/tmp/pydet-bench-detect", help="folder for the videos and outputs")
     parser.add_argument("--out", help="write the results JSON here")
@@ -152,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             video = work / f"video-{frames}.mp4"
             make_video(video, frames)
             row = {"model": name, "frames": frames, "model_frames_per_s": round(reference, 3),
-                   **run_detect(video, name, work, args.batch_size, args.threads)}
+                   "outputs": "json" if args.no_video else "json+video",
+                   **run_detect(video, name, work, args.batch_size, args.threads, with_video=not args.no_video)}
             row["e2e_over_model"] = round(row["e2e_frames_per_s"] / reference, 3)
             print(json.dumps(row), flush=True)
             rows.append(row)
