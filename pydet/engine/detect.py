@@ -318,7 +318,7 @@ class _Results:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.json = _JsonArray(Path(out_json)) if out_json is not None else None
         try:
-            self.video = VideoWriter(out_video, fps=fps) if out_video is not None else None
+            self.video = VideoWriter(out_video, fps=fps, preset="ultrafast") if out_video is not None else None
         except BaseException:
             self.close()
             raise
