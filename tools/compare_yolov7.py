@@ -19,8 +19,8 @@ Steps, for YOLOv7 and YOLOv7-tiny at 640x640, batch 1:
 3. speed: official eager (``model(x)`` + ``non_max_suppression`` + ``scale_coords``; unfused and fused, as the
    official ``attempt_load`` fuses) in its own process, timed before and after pydet's paths in this process:
    eager ``model([image])`` unfused and fused, then ``torch.compile`` (inductor, freezing), the AOTInductor
-   package and onnxruntime, all three of the fused model's deployment module; rounds interleave the paths and
-   every path's detections are checked against the official ones;
+   package and onnxruntime, all three of the fused model's deployment module; each path is timed in blocks
+   (see :func:`time_paths`) and its detections are checked against the official ones;
 4. report: JSON and a Markdown summary (machine, threads, load averages, medians, ratios).
 
 If the official Python has no torchvision (a PyPI torchvision does not install beside every torch build),
@@ -69,19 +69,26 @@ def scenes(batch: int, height: int, width: int, seed: int):
 
 
 def time_paths(runs: dict, rounds: int, warmup: int) -> dict:
-    """Median and all times (ms) of each callable, the rounds interleaving them, after ``warmup`` rounds."""
+    """Median and all times (ms) of each callable: ``warmup`` untimed calls, then ``rounds`` timed calls in a
+    row, in two passes (the paths in order, then in reverse order, so that slow drift of the machine falls on
+    all of them alike).
+
+    Each path runs in blocks rather than interleaved call by call: onnxruntime's worker threads spin for a
+    while after each run, which on two cores slowed whatever ran next (interleaved, pydet's eager YOLOv7-tiny
+    took a median 108 ms after onnxruntime; in blocks, 73 ms).
+    """
     import torch
 
     times = {name: [] for name in runs}
     with torch.no_grad():
-        for _ in range(warmup):
-            for run in runs.values():
-                run()
-        for _ in range(rounds):
-            for name, run in runs.items():
-                start = time.perf_counter()
-                run()
-                times[name].append((time.perf_counter() - start) * 1e3)
+        for order in (list(runs), list(reversed(runs))):
+            for name in order:
+                for _ in range(warmup):
+                    runs[name]()
+                for _ in range(rounds):
+                    start = time.perf_counter()
+                    runs[name]()
+                    times[name].append((time.perf_counter() - start) * 1e3)
     return {name: {"median_ms": round(statistics.median(t), 2), "ms": [round(v, 2) for v in t]}
             for name, t in times.items()}
 
@@ -93,7 +100,7 @@ def load_average() -> str:
 # ---- official side (runs in the official environment; imports nothing from pydet) -----------------------
 
 TORCHVISION_STAND_IN = {
-    "__init__.py": '"""Stand-in for torchvision written by pydet\'s tools/compare_yolov7.py."""\nfrom . import ops, utils\n',
+    "__init__.py": '"""torchvision stand-in of pydet\'s tools/compare_yolov7.py."""\nfrom . import ops, utils\n',
     "ops.py": '''"""nms / batched_nms from pydet.ops (torchvision semantics); the rest is not used for inference."""
 import sys
 sys.path.append({root!r})
@@ -404,8 +411,8 @@ def compare_variant(args, variant: str, work_dir: Path) -> dict:
 
 
 def parity_lines(results: dict) -> list[str]:
-    lines = ["| model | weights | raw head outputs max abs diff (per level) | detections pydet (official) | same detections "
-             "| boxes max abs diff (px) | scores max abs diff |", "|---|---|---|---|---|---|---|"]
+    lines = ["| model | weights | raw head outputs max abs diff (per level) | detections pydet (official) "
+             "| same detections | boxes max abs diff (px) | scores max abs diff |", "|---|---|---|---|---|---|---|"]
     for variant, result in results.items():
         for name, r in result["parity"].items():
             det = r["detections"]
@@ -417,17 +424,19 @@ def parity_lines(results: dict) -> list[str]:
 
 
 def speed_lines(results: dict) -> list[str]:
-    lines = ["| model | path | median ms | official eager / path | official eager fused / path | same detections as "
-             "official |", "|---|---|---|---|---|---|"]
+    lines = ["| model | path | median ms | official eager / path | official eager fused / path | pydet eager / path "
+             "| same detections as official |", "|---|---|---|---|---|---|---|"]
     for variant, result in results.items():
         if "speed" not in result:
             continue
         paths = result["speed"]["paths"]
-        unfused, fused = paths["official eager"]["median_ms"], paths["official eager fused"]["median_ms"]
+        unfused, fused, ours = (paths[name]["median_ms"] for name in ("official eager", "official eager fused",
+                                                                       "pydet eager"))
         for name, timing in paths.items():
             same = timing.get("detections_vs_official", {}).get("same_detections", "(reference)")
             median = timing["median_ms"]
-            lines.append(f"| {variant} | {name} | {median:.1f} | {unfused / median:.2f}x | {fused / median:.2f}x | {same} |")
+            lines.append(f"| {variant} | {name} | {median:.1f} | {unfused / median:.2f}x | {fused / median:.2f}x "
+                         f"| {ours / median:.2f}x | {same} |")
     return lines
 
 
@@ -439,18 +448,27 @@ def write_markdown(report: dict, path: Path) -> None:
              f"classes, Detect head), random weights with BatchNorm calibrated at 640x640; input a 480x640 scene "
              f"letterboxed by the official code to 640x640, batch 1. Official NMS: {info['official_nms']}. "
              f"Command: `{report['command']}`. Data: `{path.with_suffix('.json').name}`.", "",
-             "## Parity", "", *parity_lines(report["results"]), "",
-             "## Speed (medians)", "",
-             f"{report['rounds']} timed rounds after 2 warm-up rounds, paths interleaved per round; the official "
-             "eager model (network + non_max_suppression + scale_coords, its input already a tensor) in its own "
-             "process, timed before and after pydet's paths (median over both runs); pydet's eager is "
-             "`model([image])` (letterbox and box mapping included); compile / AOTInductor / onnxruntime run the "
-             "fused model's `export_module((640, 640), max_detections=300)`.", "", *speed_lines(report["results"]),
+             "## Parity", "", *parity_lines(report["results"]), ""]
+    if report["rounds"]:
+        lines += speed_section(report)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def speed_section(report: dict) -> list[str]:
+    lines = ["## Speed (medians)", "",
+             f"Each path: 2 warm-up calls and {report['rounds']} timed calls in a row, in two passes (paths in "
+             "order, then reversed), so 2 x rounds samples per path; blocks rather than interleaved calls because "
+             "onnxruntime's spinning worker threads slow whatever runs next. The official eager model (network + "
+             "non_max_suppression + scale_coords, its input already a tensor) runs in its own process, timed before "
+             "and after pydet's paths (the median pools both runs; each run's median is in the JSON). pydet's eager "
+             "is `model([image])` (its letterbox, here an identity copy, and box mapping included); compile / "
+             "AOTInductor / onnxruntime run the fused model's `export_module((640, 640), max_detections=300)`.",
+             "", *speed_lines(report["results"]),
              "", "Load averages (uptime) around each timing block:", ""]
     for variant, result in report["results"].items():
         for block, loads in result.get("speed", {}).get("load", {}).items():
             lines.append(f"- {variant}, {block}: " + " -> ".join(v.split("load average:")[-1].strip() for v in loads))
-    path.write_text("\n".join(lines) + "\n")
+    return lines
 
 
 def main(argv=None) -> int:
@@ -465,7 +483,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "yolov7-vs-official.json"))
     parser.add_argument("--work-dir", help="keep the official builds here and reuse them (default: temporary)")
     parser.add_argument("--official-build", nargs=2, metavar=("VARIANT", "OUT"), help=argparse.SUPPRESS)
-    parser.add_argument("--official-time", nargs=4, metavar=("VARIANT", "SAVED", "ROUNDS", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--official-time", nargs=4, metavar=("VARIANT", "SAVED", "ROUNDS", "OUT"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     import torch
 
@@ -484,7 +503,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="compare_yolov7_") as tmp:
         work_dir = Path(args.work_dir or tmp)
         args.official_env = official_env(args, None if has_torchvision(args.python) else write_stand_in(work_dir))
-        report = {"command": " ".join(["python tools/compare_yolov7.py", *(argv if argv is not None else sys.argv[1:])]),
+        command = ["python tools/compare_yolov7.py", *(argv if argv is not None else sys.argv[1:])]
+        report = {"command": " ".join(command),
                   "machine": machine(args), "rounds": args.rounds,
                   "results": {variant: compare_variant(args, variant, work_dir) for variant in args.variants}}
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
