@@ -35,7 +35,8 @@ def from_yolov7(state_dict: Any) -> "OrderedDict[str, Tensor]":
     Accepts ``Model.state_dict()`` of the official code, a training checkpoint ``{'model': ..., 'ema': ...}``
     (the EMA weights are taken when present, as the official loader does), ``module.``-prefixed keys from
     (Distributed)DataParallel, and half-precision weights (returned as float32). A state dict of an official
-    model after ``Model.fuse()`` loads into a pydet model after ``model.fuse()``.
+    model after ``Model.fuse()`` loads into a pydet model after ``model.fuse()``. A model of the official
+    ``cfg/deploy`` configs (a plain ``Detect`` head, no implicit layers) loads too, with identity implicit layers.
     """
     source = _unwrap(state_dict)
     out: OrderedDict[str, Tensor] = OrderedDict()
@@ -50,4 +51,18 @@ def from_yolov7(state_dict: Any) -> "OrderedDict[str, Tensor]":
     if len(heads) != 1:
         raise ValueError("expected exactly one detection head (a 'model.<layer>.anchor_grid' buffer), found "
                          f"{len(heads)}")
+    _add_identity_implicit(out, f"model.{heads.pop()}.")
     return out
+
+
+def _add_identity_implicit(state: "OrderedDict[str, Tensor]", head: str) -> None:
+    """A ``Detect`` head (the official ``cfg/deploy`` configs) is an ``IDetect`` whose implicit layers do
+    nothing: give it ImplicitA zeros and ImplicitM ones, which leave every output bit for bit as it was."""
+    if any(k.startswith((head + "ia.", head + "im.")) for k in state):
+        return
+    level = 0
+    while f"{head}m.{level}.weight" in state:
+        weight = state[f"{head}m.{level}.weight"]
+        state[f"{head}ia.{level}.implicit"] = weight.new_zeros(1, weight.shape[1], 1, 1)
+        state[f"{head}im.{level}.implicit"] = weight.new_ones(1, weight.shape[0], 1, 1)
+        level += 1

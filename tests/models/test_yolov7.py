@@ -169,6 +169,30 @@ def test_from_yolov7_round_trip():
         from_yolov7([1, 2])
 
 
+def test_from_yolov7_loads_a_detect_head_without_implicit_layers():
+    """The official cfg/deploy configs end in ``Detect``: the same network as ``IDetect`` with identity implicit
+    layers, which the converter supplies."""
+    g = torch.Generator().manual_seed(2)
+    source = YOLOv7("yolov7-tiny", num_classes=5)
+    with torch.no_grad():
+        _randomise_batch_norm(source, g)
+        for add, mul in zip(source.head.ia, source.head.im):
+            add.implicit.zero_()
+            mul.implicit.fill_(1.0)
+    source.eval()
+    x = torch.rand(1, 3, 64, 64, generator=g)
+    with torch.no_grad():
+        expected = source.model(x)
+    detect_head = OrderedDict((k, v) for k, v in source.state_dict().items() if ".ia." not in k and ".im." not in k)
+    assert len(detect_head) == len(source.state_dict()) - 6
+
+    target = YOLOv7("yolov7-tiny", num_classes=5).eval()
+    target.load_state_dict(from_yolov7(detect_head), strict=True)
+    with torch.no_grad():
+        for e, o in zip(expected, target.model(x)):
+            assert torch.equal(o, e)
+
+
 # ----------------------------------------------------------------------------------------- letterbox
 
 def test_letterbox_shapes_and_padding():
