@@ -13,18 +13,25 @@ BOX_TOL = 1e-2
 SCORE_TOL = 1e-4
 
 
+def detection_order(detection: dict[str, Tensor], rows: int) -> Tensor:
+    """Indices of an eager detection dict's first ``rows`` detections, sorted by score (the rows of the
+    deployment tuple, in order)."""
+    n = min(rows, len(detection["scores"]))
+    return detection["scores"][:n].sort(descending=True, stable=True).indices
+
+
 def outputs_from_detections(detections: list[dict[str, Tensor]], rows: int) -> tuple[Tensor, ...]:
     """The eager models' per-image detections as the output tuple ``(boxes, scores, labels,
     num_detections)``: each image's first ``rows`` detections sorted by score, padded (masks left out: eager
     ones are pasted into the image, the tuple's are box-relative)."""
     boxes, scores, labels, counts = [], [], [], []
     for det in detections:
-        n = min(rows, len(det["scores"]))
-        order = det["scores"][:n].sort(descending=True, stable=True).indices
+        order = detection_order(det, rows)
+        n = len(order)
         pad = rows - n
-        boxes.append(torch.cat([det["boxes"][:n][order], det["boxes"].new_zeros(pad, 4)]))
-        scores.append(torch.cat([det["scores"][:n][order], det["scores"].new_zeros(pad)]))
-        labels.append(torch.cat([det["labels"][:n][order], det["labels"].new_full((pad,), -1)]))
+        boxes.append(torch.cat([det["boxes"][order], det["boxes"].new_zeros(pad, 4)]))
+        scores.append(torch.cat([det["scores"][order], det["scores"].new_zeros(pad)]))
+        labels.append(torch.cat([det["labels"][order], det["labels"].new_full((pad,), -1)]))
         counts.append(n)
     return torch.stack(boxes), torch.stack(scores), torch.stack(labels), torch.tensor(counts)
 

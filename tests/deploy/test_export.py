@@ -12,7 +12,7 @@ import torch
 
 from pydet import models, ops
 from pydet.deploy import export_onnx, export_program, load_exported, package_aoti
-from pydet.deploy.verify import assert_same_detections, outputs_from_detections
+from pydet.deploy.verify import assert_same_detections, detection_order, outputs_from_detections
 from tests.deploy.helpers import build, scenes
 from tests.deploy.test_onnx_ops import requires_onnx
 
@@ -28,11 +28,7 @@ def _eager_outputs(model, images, rows):
     """The eager model's detections as the deployment tuple (its first ``rows`` rows, sorted by score) and
     each image's pasted masks in the same order."""
     detections = model(list(images))
-    masks = []
-    for det in detections:
-        if "masks" in det:
-            n = min(rows, len(det["scores"]))
-            masks.append(det["masks"][:n][det["scores"][:n].sort(descending=True, stable=True).indices])
+    masks = [det["masks"][detection_order(det, rows)] for det in detections if "masks" in det]
     return outputs_from_detections(detections, rows), masks
 
 
