@@ -45,27 +45,27 @@ def _backward_args(x, rois):
     return rois, SCALE, OUTPUT, OUTPUT, n, c, h, w, SAMPLING, False
 
 
+def _bench_forward(benchmark, impl, x, rois):
+    if impl == "pydet":
+        roi_align = ops.roi_align
+    else:
+        import torchvision
+        roi_align = torchvision.ops.roi_align
+    benchmark(roi_align, x, rois, OUTPUT, SCALE, SAMPLING)
+
+
 @pytest.mark.benchmark(group="roi_align-forward-1000x2x256x200x304")
 @pytest.mark.parametrize("impl", ["pydet", pytest.param("torchvision", marks=requires_torchvision)])
 def test_roi_align_forward(benchmark, problem, impl):
     x, rois, _ = problem
-    if impl == "pydet":
-        benchmark(ops.roi_align, x, rois, OUTPUT, SCALE, SAMPLING)
-    else:
-        import torchvision
-        benchmark(torchvision.ops.roi_align, x, rois, OUTPUT, SCALE, SAMPLING)
+    _bench_forward(benchmark, impl, x, rois)
 
 
 @pytest.mark.benchmark(group="roi_align-forward-1000x2x256x200x304-channels-last")
 @pytest.mark.parametrize("impl", ["pydet", pytest.param("torchvision", marks=requires_torchvision)])
 def test_roi_align_forward_channels_last(benchmark, problem, impl):
     x, rois, _ = problem
-    x = x.contiguous(memory_format=torch.channels_last)
-    if impl == "pydet":
-        benchmark(ops.roi_align, x, rois, OUTPUT, SCALE, SAMPLING)
-    else:
-        import torchvision
-        benchmark(torchvision.ops.roi_align, x, rois, OUTPUT, SCALE, SAMPLING)
+    _bench_forward(benchmark, impl, x.contiguous(memory_format=torch.channels_last), rois)
 
 
 @pytest.mark.benchmark(group="roi_align-backward-1000x2x256x200x304")

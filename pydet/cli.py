@@ -144,8 +144,8 @@ def _detect(args) -> int:
                      "model_seconds": round(stats.model_seconds, 3), "rank": rank})
         unit = "frames" if is_video(path) else "images"
         print(f"{path}: {stats.images} {unit}, {stats.detections} detections in {stats.seconds:.1f} s: "
-              f"{stats.images_per_s:.1f} {unit}/s end to end, "
-              f"{stats.images / max(stats.model_seconds, 1e-9):.1f} {unit}/s in the model", file=sys.stderr)
+              f"{stats.images_per_s:.2f} {unit}/s end to end, "
+              f"{stats.images / max(stats.model_seconds, 1e-9):.2f} {unit}/s in the model", file=sys.stderr)
     if args.several:
         manifest = write_manifest(rows, Path(args.out_dir))
         if manifest is not None:
