@@ -122,14 +122,22 @@ def _roi_align_onnx(input: Tensor, rois: Tensor, spatial_scale: float, pooled_he
 
 def _multi_scale_roi_align_onnx(features: list[Tensor], rois: Tensor, levels: Tensor, spatial_scales: list[float],
                                 pooled_height: int, pooled_width: int, sampling_ratio: int, aligned: bool) -> Tensor:
-    """Every box pooled from every level by ONNX RoiAlign, each row then taken from its own level (a level
-    outside the pyramid pools zeros, as the kernel)."""
-    output = None
+    """Each box pooled by ONNX RoiAlign on its own level only, so the work is that of one RoiAlign over all
+    boxes (pooling every box on every level and selecting made onnxruntime's RoiAlign a quarter of Mask
+    R-CNN's time): a level's boxes are picked with NonZero and pooled, boxes of no level get zero rows (as
+    in the kernel), and one Gather puts the rows back in the boxes' order (onnxruntime's ScatterND is
+    several times slower at that)."""
+    pieces, rows_by_level = [], []
     for index, (feature, scale) in enumerate(zip(features, spatial_scales)):
-        pooled = _roi_align_onnx(feature, rois, scale, pooled_height, pooled_width, sampling_ratio, aligned)
-        output = torch.zeros_like(pooled) if output is None else output
-        output = torch.where((levels == index)[:, None, None, None], pooled, output)
-    return output
+        rows = torch.nonzero(levels == index).squeeze(1)
+        pieces.append(_roi_align_onnx(feature, rois[rows], scale, pooled_height, pooled_width, sampling_ratio,
+                                      aligned))
+        rows_by_level.append(rows)
+    outside = torch.nonzero((levels < 0) | (levels >= len(features))).squeeze(1)
+    pieces.append(features[0].new_zeros((outside.shape[0], features[0].shape[1], pooled_height, pooled_width)))
+    order = torch.cat(rows_by_level + [outside])  # the box of each pooled row: a permutation of the boxes
+    position = torch.zeros_like(levels).index_copy(0, order, torch.arange(order.shape[0], device=levels.device))
+    return torch.cat(pieces)[position]
 
 
 def fpn_levels(boxes: Tensor, k_min: int, k_max: int, canonical_scale: float = 224, canonical_level: int = 4,
